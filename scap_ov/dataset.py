@@ -1,0 +1,74 @@
+"""Text in, model inputs out: calibration and evaluation text, tokenised into fixed-length windows."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nncf
+import numpy as np
+
+from scap_ov import assets
+from scap_ov.errors import ScapError
+
+
+def load_texts(source: str | None, default_novels: tuple[str, ...]) -> list[str]:
+    """Texts from: None (packaged novels), a .txt file, a .json list of strings, or a HF dataset name."""
+    if source is None:
+        return [assets.novel_text(*default_novels)]
+    path = Path(source)
+    if path.is_file():
+        if path.suffix == ".json":
+            try:
+                data = json.loads(path.read_text())
+            except ValueError as exc:
+                raise ScapError(f"{source} is not valid JSON ({exc})") from exc
+            if not isinstance(data, list) or not all(isinstance(t, str) for t in data):
+                raise ScapError(f"{source} must hold a JSON list of strings")
+            return data
+        return [path.read_text(errors="replace")]
+    if path.suffix in (".txt", ".json") or path.parent != Path("."):
+        raise ScapError(f"text file {source} does not exist")
+    return _hf_dataset_texts(source)
+
+
+def _hf_dataset_texts(name: str) -> list[str]:
+    try:
+        import datasets  # optional: only for users who are online
+    except ImportError as exc:
+        raise ScapError(f"{name!r} is not a file; loading a Hugging Face dataset needs `pip install datasets`") from exc
+    try:
+        ds = datasets.load_dataset(name, split="train")
+    except Exception as exc:  # noqa: BLE001 - any hub failure is the user's to see
+        raise ScapError(f"cannot load dataset {name!r}: {exc}") from exc
+    column = "text" if "text" in ds.column_names else ds.column_names[0]
+    return [t for t in ds[column] if isinstance(t, str)]
+
+
+def token_windows(tokenizer, texts: list[str], seq_len: int, count: int | None, what: str) -> np.ndarray:
+    """Non-overlapping windows of ``seq_len`` tokens, [N, seq_len] int64; ``count`` caps N."""
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if count is not None and len(ids) >= count * seq_len:
+            break
+    n = len(ids) // seq_len
+    if n == 0:
+        raise ScapError(f"{what} text has {len(ids)} tokens, fewer than one window of {seq_len}")
+    if count is not None:
+        n = min(n, count)
+    return np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
+
+
+def model_inputs(window: np.ndarray) -> dict[str, np.ndarray]:
+    """Inputs of an optimum-intel stateful decoder IR for one window (a fresh sequence)."""
+    ids = np.asarray(window, dtype=np.int64).reshape(1, -1)
+    return {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "position_ids": np.arange(ids.shape[1], dtype=np.int64).reshape(1, -1),
+        "beam_idx": np.zeros(1, dtype=np.int32),
+    }
+
+
+def calibration_dataset(windows: np.ndarray, input_names: set[str]) -> nncf.Dataset:
+    return nncf.Dataset(list(windows), lambda w: {k: v for k, v in model_inputs(w).items() if k in input_names})

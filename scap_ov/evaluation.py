@@ -1,0 +1,138 @@
+"""Quality of a (SCAP or dense) OpenVINO decoder on held-out text: perplexity, last-word cloze accuracy, and
+the sparsity each FC really sees, summarised as FC-weight-byte sparsity.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+from tqdm.auto import tqdm
+
+from scap_ov.dataset import model_inputs
+from scap_ov.layers import find_fcs, module_name
+
+# Numbers are compared at f32: the CPU plugin would otherwise run bf16 here and quantize activations of
+# compressed-weight FCs on the fly.
+EVAL_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+KEEP_SUFFIX = "/scap/keep"
+_SPARSITY_OUTPUT = "scap_sparsity:"
+
+
+@dataclass
+class EvalResult:
+    perplexity: float
+    tokens: int
+    fc_weight_sparsity: float
+    layer_sparsity: dict[str, float] = field(default_factory=dict)  # FC name -> realised input sparsity
+    type_sparsity: dict[str, float] = field(default_factory=dict)  # layer type -> weight-byte-weighted mean
+    cloze_accuracy: float | None = None
+    cloze_items: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def with_sparsity_outputs(model: ov.Model) -> ov.Model:
+    """A copy of ``model`` with one extra output per SCAP FC: the fraction of its inputs pruned."""
+    model = model.clone()
+    for node in model.get_ordered_ops():
+        name = node.get_friendly_name()
+        if node.get_type_name() == "Greater" and name.endswith(KEEP_SUFFIX):
+            kept = ops.convert(node.output(0), ov.Type.f32)
+            axes = ops.constant(np.arange(len(node.get_output_partial_shape(0)), dtype=np.int64))
+            pruned = ops.subtract(ops.constant(np.float32(1)), ops.reduce_mean(kept, axes))
+            result = ops.result(pruned)
+            result.output(0).get_tensor().set_names({_SPARSITY_OUTPUT + module_name(name[: -len(KEEP_SUFFIX)])})
+            model.add_results([result])
+    return model
+
+
+def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    mx = logits.max(-1, keepdims=True)
+    lse = mx[..., 0] + np.log(np.exp(logits - mx).sum(-1))
+    return lse - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+
+
+class Evaluator:
+    def __init__(self, model: ov.Model, core: ov.Core | None = None, config: dict | None = None):
+        self.fcs = {fc.name: fc for fc in find_fcs(model)}
+        core = core or ov.Core()
+        self.compiled = core.compile_model(with_sparsity_outputs(model), "CPU", config or EVAL_CONFIG)
+        self.request = self.compiled.create_infer_request()
+        self.input_names = {n for port in self.compiled.inputs for n in port.get_names()}
+        self.sparsity_outputs = {
+            port.get_any_name()[len(_SPARSITY_OUTPUT):]: port for port in self.compiled.outputs
+            if port.get_any_name().startswith(_SPARSITY_OUTPUT)
+        }
+        self.logits_port = next(p for p in self.compiled.outputs if "logits" in p.get_names())
+
+    def forward(self, window: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+        self.request.reset_state()
+        inputs = {k: v for k, v in model_inputs(window).items() if k in self.input_names}
+        self.request.infer(inputs)
+        logits = self.request.get_tensor(self.logits_port).data[0]
+        sparsity = {name: float(self.request.get_tensor(port).data) for name, port in self.sparsity_outputs.items()}
+        return logits, sparsity
+
+    def perplexity(self, windows: np.ndarray, progress: bool = True) -> tuple[float, int, dict[str, float]]:
+        nll, tokens, sums = 0.0, 0, {}
+        for window in tqdm(windows, desc="Perplexity", unit="window", disable=not progress):
+            logits, sparsity = self.forward(window)
+            nll += float(_log_softmax_nll(logits[:-1], window[1:]).sum())
+            tokens += len(window) - 1
+            for name, value in sparsity.items():
+                sums[name] = sums.get(name, 0.0) + value
+        layer = {name: total / len(windows) for name, total in sums.items()}
+        return float(np.exp(nll / tokens)), tokens, layer
+
+    def cloze(self, items: list[tuple[list[int], list[int]]], progress: bool = True) -> float:
+        """Fraction of items whose target tokens are all the greedy (argmax) continuation of the context."""
+        correct = 0
+        for context, target in tqdm(items, desc="Cloze", unit="item", disable=not progress):
+            seq = np.asarray(context + target, dtype=np.int64)
+            logits, _ = self.forward(seq)
+            predicted = logits[len(context) - 1 : len(seq) - 1].argmax(-1)
+            correct += bool(np.array_equal(predicted, np.asarray(target)))
+        return correct / max(len(items), 1)
+
+    def weight_byte_sparsity(self, layer_sparsity: dict[str, float]) -> tuple[float, dict[str, float]]:
+        """Sum(realised sparsity x weight bytes) / Sum(weight bytes) over all decoder-block FCs, and per type."""
+        total = pruned = 0.0
+        by_type: dict[str, list[float]] = {}
+        for name, fc in self.fcs.items():
+            nbytes = fc.weight.nbytes
+            s = layer_sparsity.get(name, 0.0)
+            total += nbytes
+            pruned += s * nbytes
+            acc = by_type.setdefault(fc.layer_type, [0.0, 0.0])
+            acc[0] += s * nbytes
+            acc[1] += nbytes
+        return pruned / max(total, 1.0), {t: a / b for t, (a, b) in by_type.items()}
+
+
+_WORD = re.compile(r"^(.*\S)\s+([A-Za-z]+)[.!?'\"_)]*$")
+
+
+def cloze_items(tokenizer, paragraphs: list[str], count: int, min_words: int = 20,
+                max_tokens: int = 192) -> list[tuple[list[int], list[int]]]:
+    """(context tokens, last-word tokens) from paragraphs: predict a paragraph's final word."""
+    items = []
+    for para in paragraphs:
+        if len(para.split()) < min_words:
+            continue
+        m = _WORD.match(para)
+        if not m:
+            continue
+        context = tokenizer(m.group(1), add_special_tokens=False)["input_ids"][-max_tokens:]
+        full = tokenizer(m.group(1) + " " + m.group(2), add_special_tokens=False)["input_ids"]
+        ctx_full = tokenizer(m.group(1), add_special_tokens=False)["input_ids"]
+        if full[: len(ctx_full)] != ctx_full:
+            continue  # the word merged with the context's last token: not a clean split
+        items.append((context, full[len(ctx_full):]))
+        if len(items) >= count:
+            break
+    return items

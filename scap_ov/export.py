@@ -1,0 +1,55 @@
+"""Dense OpenVINO IR of a model through optimum-intel's exporter, offline; cached for packaged models."""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from scap_ov import assets
+from scap_ov.errors import ScapError
+from scap_ov.fsutil import atomic_output_dir
+
+IR_XML = "openvino_model.xml"
+# Files of an optimum-intel model folder besides the IR itself.
+SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "chat_template.jinja", "openvino_tokenizer.xml",
+              "openvino_tokenizer.bin", "openvino_detokenizer.xml", "openvino_detokenizer.bin")
+
+
+def is_ir_folder(path: Path) -> bool:
+    return (Path(path) / IR_XML).is_file()
+
+
+def export_dense(hf_folder: Path, out: Path) -> Path:
+    """optimum-intel export of a transformers folder to a stateful f32 decoder IR with tokenizers."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from optimum.exporters.openvino import main_export
+
+    with atomic_output_dir(out, overwrite=True) as tmp:
+        try:
+            main_export(str(hf_folder), output=tmp, task="text-generation-with-past", convert_tokenizer=True)
+        except Exception as exc:  # the exporter raises many types; report one line
+            raise ScapError(f"optimum-intel could not export {hf_folder}: {exc}") from exc
+    return out
+
+
+def dense_ir(model: str) -> Path:
+    """An IR folder for ``model`` (packaged name, .gguf, HF folder, or an IR folder returned as is)."""
+    path = Path(model)
+    if path.is_dir() and is_ir_folder(path):
+        return path
+    hf = assets.resolve_model(model)
+    if is_ir_folder(hf):
+        return hf
+    key = hashlib.sha1(str(hf.resolve()).encode()).hexdigest()[:12]
+    cached = assets.cache_dir() / "ir" / f"{hf.name}-{key}"
+    if not is_ir_folder(cached):
+        export_dense(hf, cached)
+    return cached
+
+
+def copy_side_files(src: Path, dst: Path) -> None:
+    for name in SIDE_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)

