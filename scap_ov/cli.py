@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "default: three packaged Austen novels")
     ex.add_argument("--samples", type=int, default=64, help="calibration windows (default 64)")
     ex.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
+    ex.add_argument("--refine-passes", type=int, default=1,
+                    help="re-calibrate tau on the model pruned so far, to hit the targets (default 1)")
     ex.add_argument("--artifact", type=Path, default=None,
                     help="skip calibration: transform from this calibration artifact JSON")
     ex.add_argument("--layers", type=_layer_pattern, action="append", default=[], metavar="TYPE=REGEX",
@@ -74,7 +76,7 @@ def _export(args) -> int:
     from scap_ov.pipeline import export_scap
 
     config = CalibrationConfig(targets=parse_targets(args.sparsity, dict(args.target)), mode=args.mode,
-                               samples=args.samples, seq_len=args.seq_len)
+                               samples=args.samples, seq_len=args.seq_len, refine_passes=args.refine_passes)
     started = time.time()
     result = export_scap(args.output, args.model, config, args.calibration_data, args.artifact,
                          args.overwrite, dict(args.layers) or None)

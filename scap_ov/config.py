@@ -34,6 +34,7 @@ class CalibrationConfig:
     mode: str = "zero"
     samples: int = 64  # token windows of seq_len tokens (the SCAP reference uses 64 x 256)
     seq_len: int = 256
+    refine_passes: int = 1  # re-observe inputs in the pruned model and re-solve tau (see calibrate())
 
     def validate(self) -> "CalibrationConfig":
         if self.mode not in MODES:
@@ -44,6 +45,8 @@ class CalibrationConfig:
             check_sparsity(value, f"sparsity of {layer_type}")
         if self.samples < 1:
             raise ScapError(f"--samples must be >= 1, got {self.samples}")
+        if not 0 <= self.refine_passes <= 5:
+            raise ScapError(f"--refine-passes must lie in [0, 5], got {self.refine_passes}")
         if self.seq_len < 8:
             raise ScapError(f"--seq-len must be >= 8, got {self.seq_len}")
         return self

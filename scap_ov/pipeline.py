@@ -39,11 +39,11 @@ def load_tokenizer(folder: Path):
     except Exception as exc:  # noqa: BLE001
         raise ScapError(f"cannot load a tokenizer from {folder}: {exc}") from exc
 
-def calibration_windows(folder: Path, source: str | None, config: CalibrationConfig) -> np.ndarray:
+def calibration_texts(source: str | None) -> list[str]:
     texts = load_texts(source, assets.CALIBRATION_NOVELS)
     if not any(t.strip() for t in texts):
         raise ScapError("calibration text is empty")
-    return token_windows(load_tokenizer(folder), texts, config.seq_len, config.samples, "calibration")
+    return texts
 
 def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: CalibrationConfig | None = None,
                 calibration_data: str | None = None, artifact: Path | None = None, overwrite: bool = False,
@@ -52,8 +52,10 @@ def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: Calibra
     output = Path(output)
     check_output_dir(output, overwrite)  # fail before any long work
     fixed = Artifact.load(artifact) if artifact else None
+    texts = None if fixed else calibration_texts(calibration_data)
     ir_folder = dense_ir(model)
-    windows = None if fixed else calibration_windows(ir_folder, calibration_data, config)
+    windows = None if fixed else token_windows(load_tokenizer(ir_folder), texts, config.seq_len, config.samples,
+                                               "calibration")
 
     ov_model = ov.Core().read_model(ir_folder / IR_XML)
     if fixed is None:

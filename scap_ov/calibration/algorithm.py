@@ -42,25 +42,48 @@ def choose_mode(method: str, stats: statistics.InputStatistics, fc: FC, target: 
     return candidates[int(np.argmin(errors))]
 
 
-def calibrate(model: ov.Model, windows: np.ndarray, config: CalibrationConfig,
-              layer_patterns: dict[str, str] | None = None, model_id: str = "",
-              data_id: str = "") -> Artifact:
-    """Calibrate every FC of ``model`` (not modified) on token ``windows`` [N, L]; return the artifact."""
-    config.validate()
-    fcs = require_fcs(model, layer_patterns)
-    input_names = {name for port in model.inputs for name in port.get_names()}
-    dataset = calibration_dataset(windows, input_names)
-    stats = statistics.collect(model, fcs, dataset, subset_size=len(windows))
+def _thresholds(fcs: list[FC], stats: dict[str, statistics.InputStatistics], config: CalibrationConfig,
+                modes: dict[str, float] | None) -> list[FCThreshold]:
+    """Per FC: its mode (chosen now, or kept from ``modes``) and the tau that meets its target."""
     entries = []
-    for fc in tqdm(fcs, desc="Thresholds", unit="FC", leave=False):
+    for fc in tqdm(fcs, desc="Thresholds", unit="FC", leave=False, mininterval=2.0):
         target = config.targets[fc.layer_type]
         s = stats[fc.name]
-        mode = choose_mode(config.mode, s, fc, target) if target > 0 else 0.0
+        if modes is not None:
+            mode = modes[fc.name]
+        else:
+            mode = choose_mode(config.mode, s, fc, target) if target > 0 else 0.0
         tau = s.histogram.threshold(mode, target)
         entries.append(FCThreshold(name=fc.name, layer_type=fc.layer_type, mode=float(mode), tau=float(tau),
                                    target_sparsity=target,
                                    calibration_sparsity=round(s.histogram.fraction_within(mode, tau), 6),
                                    method=config.mode))
-    return Artifact(fcs=entries, model=model_id, calibration={
-        "data": data_id, "samples": int(len(windows)), "seq_len": int(windows.shape[1]),
-        "tokens": int(windows.size), "mode": config.mode, "targets": config.targets})
+    return entries
+
+
+def calibrate(model: ov.Model, windows: np.ndarray, config: CalibrationConfig,
+              layer_patterns: dict[str, str] | None = None, model_id: str = "",
+              data_id: str = "") -> Artifact:
+    """Calibrate every FC of ``model`` (not modified) on token ``windows`` [N, L]; return the artifact.
+
+    Pass 1 observes the dense model. Pruning earlier layers shifts the inputs of later ones (thresholds
+    from the dense model overshoot their target), so each refinement pass re-observes every FC input in
+    the model pruned with the current thresholds and re-solves tau, keeping the modes.
+    """
+    from scap_ov.transformations.portable import KEEP_INPUT_SUFFIX, apply_portable
+
+    config.validate()
+    fcs = require_fcs(model, layer_patterns)
+    input_names = {name for port in model.inputs for name in port.get_names()}
+    dataset = calibration_dataset(windows, input_names)
+    stats = statistics.collect(model, {fc.name: fc.node_name for fc in fcs}, dataset, len(windows))
+    entries = _thresholds(fcs, stats, config, modes=None)
+    info = {"data": data_id, "samples": int(len(windows)), "seq_len": int(windows.shape[1]),
+            "tokens": int(windows.size), "mode": config.mode, "targets": config.targets,
+            "refine_passes": config.refine_passes}
+    for _ in range(config.refine_passes):
+        pruned = apply_portable(model.clone(), Artifact(fcs=entries), layer_patterns)
+        observed = {fc.name: fc.node_name + KEEP_INPUT_SUFFIX for fc in fcs}
+        stats = statistics.collect(pruned, observed, dataset, len(windows), reservoir_rows=0)
+        entries = _thresholds(fcs, stats, config, modes={e.name: e.mode for e in entries})
+    return Artifact(fcs=entries, model=model_id, calibration=info)

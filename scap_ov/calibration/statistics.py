@@ -20,7 +20,6 @@ from nncf.openvino.graph.transformations.commands import OVTargetPoint
 from nncf.openvino.statistics.aggregator import OVStatisticsAggregator
 
 from scap_ov.calibration.histogram import SignedLogHistogram
-from scap_ov.layers import FC
 
 ALGORITHM_KEY = "SCAP"
 HISTOGRAM_BRANCH = "histogram"
@@ -87,31 +86,35 @@ class InputStatistics:
     rows: np.ndarray  # [R, IC] sampled token rows
 
 
-def statistic_points(fcs: list[FC], reservoir_rows: int = RESERVOIR_ROWS) -> StatisticPointsContainer:
+def statistic_points(node_names: list[str], reservoir_rows: int = RESERVOIR_ROWS) -> StatisticPointsContainer:
+    """One collector at input 0 of each named node (NNCF merges those that observe the same tensor)."""
     container = StatisticPointsContainer()
-    for fc in fcs:
+    for node_name in node_names:
         collector = TensorCollector()
         reducer = RawReducer()
         collector.register_statistic_branch(HISTOGRAM_BRANCH, reducer, HistogramAggregator())
-        collector.register_statistic_branch(RESERVOIR_BRANCH, reducer, ReservoirAggregator(reservoir_rows))
-        point = OVTargetPoint(TargetType.PRE_LAYER_OPERATION, fc.node_name, 0)
+        if reservoir_rows:
+            collector.register_statistic_branch(RESERVOIR_BRANCH, reducer, ReservoirAggregator(reservoir_rows))
+        point = OVTargetPoint(TargetType.PRE_LAYER_OPERATION, node_name, 0)
         container.add_statistic_point(StatisticPoint(point, collector, ALGORITHM_KEY))
     return container
 
 
-def collect(model: ov.Model, fcs: list[FC], dataset: nncf.Dataset, subset_size: int,
+def collect(model: ov.Model, observed: dict[str, str], dataset: nncf.Dataset, subset_size: int,
             reservoir_rows: int = RESERVOIR_ROWS) -> dict[str, InputStatistics]:
-    """Run ``model`` over ``dataset`` and return statistics of each FC's input, keyed by FC name."""
-    points = statistic_points(fcs, reservoir_rows)
+    """Run ``model`` over ``dataset``; ``observed`` maps a key (FC name) to the node whose input 0 to watch."""
+    points = statistic_points(list(observed.values()), reservoir_rows)
     aggregator = OVStatisticsAggregator(dataset)
     aggregator.stat_subset_size = subset_size
     aggregator.register_statistic_points(points)
     aggregator.collect_statistics(model, build_graph(model))
-    by_node = {fc.node_name: fc.name for fc in fcs}
+    by_node = {node: key for key, node in observed.items()}
     out = {}
     for node_name, point_list in points.data.items():
         for point in point_list:
             for collector in point.algorithm_to_tensor_collectors[ALGORITHM_KEY]:
                 stats = collector.get_statistics()
-                out[by_node[node_name]] = InputStatistics(stats[HISTOGRAM_BRANCH], stats[RESERVOIR_BRANCH])
+                rows = stats.get(RESERVOIR_BRANCH)
+                out[by_node[node_name]] = InputStatistics(
+                    stats[HISTOGRAM_BRANCH], rows if rows is not None else np.empty((0, 0), np.float32))
     return out

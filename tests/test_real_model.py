@@ -1,0 +1,112 @@
+"""The real packaged model (SmolLM2-135M-Instruct) end to end: slow, run in CI."""
+import numpy as np
+import openvino as ov
+import pytest
+
+from conftest import F32
+from scap_ov import assets
+from scap_ov.cli import main
+from scap_ov.config import CalibrationConfig, parse_targets
+from scap_ov.dataset import load_texts, model_inputs, token_windows
+from scap_ov.export import IR_XML, dense_ir
+from scap_ov.pipeline import ARTIFACT_NAME, evaluate_folder, export_scap, load_tokenizer
+
+pytestmark = pytest.mark.slow
+TARGET = 0.4
+
+
+@pytest.fixture(scope="session")
+def dense_folder():
+    return dense_ir(assets.DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="session")
+def scap_folder(tmp_path_factory, dense_folder):
+    out = tmp_path_factory.mktemp("real") / "scap40"
+    export_scap(out, config=CalibrationConfig(targets=parse_targets(TARGET), samples=16))
+    return out
+
+
+def _windows(folder, count=4, seq_len=256):
+    texts = load_texts(None, (assets.PERPLEXITY_NOVEL,))
+    return token_windows(load_tokenizer(folder), texts, seq_len, count, "evaluation")
+
+
+def test_realised_sparsity_on_held_out_text_is_within_3_points(scap_folder):
+    result = evaluate_folder(scap_folder, windows=4, seq_len=256, cloze=0, progress=False)
+    assert set(result.type_sparsity) == {"q", "k", "v", "o", "gate", "up", "down"}
+    for layer_type, sparsity in result.type_sparsity.items():
+        assert abs(sparsity - TARGET) <= 0.03, (layer_type, sparsity)
+    assert abs(result.fc_weight_sparsity - TARGET) <= 0.03
+    assert len(result.layer_sparsity) == 210
+
+
+def test_scap_quality_is_close_to_dense_and_cloze_is_real(scap_folder, dense_folder):
+    dense = evaluate_folder(dense_folder, windows=4, seq_len=256, cloze=40, progress=False)
+    scap = evaluate_folder(scap_folder, windows=4, seq_len=256, cloze=0, progress=False)
+    assert dense.fc_weight_sparsity == 0.0
+    assert 5 < dense.perplexity < 200  # a real model on real prose
+    assert dense.perplexity < scap.perplexity < 1.5 * dense.perplexity
+    assert dense.cloze_accuracy > 0.1 and dense.cloze_items == 40
+
+
+def test_dense_equivalence_at_sparsity_zero(tmp_path, dense_folder):
+    out = tmp_path / "scap0"
+    export_scap(out, config=CalibrationConfig(targets=parse_targets(0.0), samples=2, refine_passes=0))
+    window = _windows(dense_folder, count=1, seq_len=64)[0]
+    core = ov.Core()
+    logits = []
+    for folder in (dense_folder, out):
+        compiled = core.compile_model(core.read_model(folder / IR_XML), "CPU", F32)
+        request = compiled.create_infer_request()
+        request.infer(model_inputs(window))
+        logits.append(request.get_tensor("logits").data.copy())
+    assert np.abs(logits[0] - logits[1]).max() <= 1e-4
+
+
+def test_openvino_dense_perplexity_matches_torch(dense_folder):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    windows = _windows(dense_folder)
+    ov_ppl = evaluate_folder(dense_folder, windows=4, seq_len=256, cloze=0, progress=False).perplexity
+    model = AutoModelForCausalLM.from_pretrained(assets.resolve_model(assets.DEFAULT_MODEL), dtype=torch.float32)
+    nll, count = 0.0, 0
+    with torch.no_grad():
+        for w in windows:
+            ids = torch.from_numpy(w).unsqueeze(0)
+            loss = model(ids, labels=ids).loss.item()
+            nll += loss * (len(w) - 1)
+            count += len(w) - 1
+    torch_ppl = float(np.exp(nll / count))
+    assert abs(ov_ppl / torch_ppl - 1) < 0.005, (ov_ppl, torch_ppl)
+
+
+def test_rerun_from_artifact_reproduces_the_ir_bit_for_bit(tmp_path, scap_folder, capsys):
+    out = tmp_path / "again"
+    assert main(["export", "--output", str(out), "--artifact", str(scap_folder / ARTIFACT_NAME)]) == 0
+    for name in (IR_XML, "openvino_model.bin", ARTIFACT_NAME):
+        assert (out / name).read_bytes() == (scap_folder / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "calibration text is empty"),
+    ("Too short to calibrate.", "fewer than one window of 256"),
+])
+def test_unusable_calibration_text(tmp_path, capsys, content, message):
+    text = tmp_path / "calib.txt"
+    text.write_text(content)
+    code = main(["export", "--output", str(tmp_path / "out"), "--calibration-data", str(text)])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_artifact_of_another_model_is_refused(tmp_path, capsys):
+    from scap_ov.artifact import Artifact, FCThreshold
+
+    Artifact(fcs=[FCThreshold("model.layers.0.mlp.up_proj", "up", [0.0] * 64, 0.1, 0.4, 0.4, "zero")]).save(
+        tmp_path / "tiny.json")
+    code = main(["export", "--output", str(tmp_path / "out"), "--artifact", str(tmp_path / "tiny.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "has 64 values; the model's FC has 576 input channels" in err
+    assert not (tmp_path / "out").exists()
