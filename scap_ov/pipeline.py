@@ -1,7 +1,8 @@
 """The main job: model -> dense IR (optimum-intel) -> calibration -> portable SCAP IR, in one output folder.
 
 Output folder (loadable by optimum-intel as an OVModelForCausalLM folder):
-    openvino_model.xml/.bin     portable SCAP IR (standard opset, any device)
+    openvino_model.xml/.bin     fused CPU IR (SCAPFullyConnected ops: needs the scap-ov extension)
+    openvino_model_portable.xml/.bin  portable SCAP IR (standard opset, any device; quality is measured on it)
     scap_calibration.json       the artifact (re-running the transformation from it reproduces the IR)
     config.json, tokenizer files, openvino_tokenizer/detokenizer
 """
@@ -21,9 +22,11 @@ from scap_ov.dataset import load_texts, token_windows
 from scap_ov.errors import ScapError
 from scap_ov.export import IR_XML, copy_side_files, dense_ir
 from scap_ov.fsutil import atomic_output_dir, check_output_dir
+from scap_ov.transformations.fuse_cpu import apply_fusion
 from scap_ov.transformations.portable import apply_portable
 
 ARTIFACT_NAME = "scap_calibration.json"
+PORTABLE_XML = "openvino_model_portable.xml"
 
 @dataclass
 class ExportResult:
@@ -63,6 +66,9 @@ def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: Calibra
                           data_id=calibration_data or "austen:" + "+".join(assets.CALIBRATION_NOVELS))
     apply_portable(ov_model, fixed, layer_patterns)
     with atomic_output_dir(output, overwrite) as tmp:
+        ov.save_model(ov_model, tmp / PORTABLE_XML, compress_to_fp16=False)
+        # The Python twin of the op is enough to write the fused IR: export needs no compiled extension.
+        apply_fusion(ov_model, native=False)
         ov.save_model(ov_model, tmp / IR_XML, compress_to_fp16=False)
         fixed.save(tmp / ARTIFACT_NAME)
         copy_side_files(ir_folder, tmp)
@@ -75,12 +81,13 @@ def evaluate_folder(folder: Path, text: str | None = None, windows: int = 32, se
     from scap_ov.evaluation import EvalResult, Evaluator, cloze_items
 
     folder = Path(folder)
-    if not (folder / IR_XML).is_file():
+    ir = folder / PORTABLE_XML if (folder / PORTABLE_XML).is_file() else folder / IR_XML
+    if not ir.is_file():
         raise ScapError(f"{folder} holds no {IR_XML}; pass a folder written by 'scap-ov export'")
     tokenizer = load_tokenizer(folder)
     texts = load_texts(text, (assets.PERPLEXITY_NOVEL,))
     ppl_windows = token_windows(tokenizer, texts, seq_len, windows, "evaluation")
-    evaluator = Evaluator(ov.Core().read_model(folder / IR_XML))
+    evaluator = Evaluator(ov.Core().read_model(ir))
     ppl, tokens, layer = evaluator.perplexity(ppl_windows, progress)
     weight_sparsity, by_type = evaluator.weight_byte_sparsity(layer)
 

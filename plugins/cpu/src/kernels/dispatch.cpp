@@ -1,0 +1,312 @@
+// ISA selection and the threading driver (generic code: compiled without ISA flags).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <openvino/core/parallel.hpp>
+#include <string>
+#include <vector>
+
+#include "kernels/kernel.hpp"
+
+namespace scap_ov {
+namespace kernels {
+
+namespace {
+
+Isa detect_isa() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2"))
+        return Isa::avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+        __builtin_cpu_supports("bmi2"))
+        return Isa::avx2;
+#endif
+    return Isa::scalar;
+}
+
+Isa env_cap() {
+    const char* e = std::getenv("SCAP_OV_ISA");
+    if (!e || !*e)
+        return Isa::avx512;
+    std::string s(e);
+    for (auto& c : s)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (s == "scalar" || s == "reference" || s == "ref")
+        return Isa::scalar;
+    if (s == "avx2")
+        return Isa::avx2;
+    return Isa::avx512;
+}
+
+// 64-byte aligned per-thread scratch, grown on demand and reused across calls.
+struct Scratch {
+    float* p = nullptr;
+    size_t n = 0;
+    ~Scratch() {
+        ::operator delete[](p, std::align_val_t(64));
+    }
+    float* get(size_t count) {
+        if (count > n) {
+            ::operator delete[](p, std::align_val_t(64));
+            p = static_cast<float*>(::operator new[](count * sizeof(float), std::align_val_t(64)));
+            n = count;
+        }
+        return p;
+    }
+};
+
+float* thread_scratch(size_t count) {
+    static thread_local Scratch s;
+    return s.get(count);
+}
+
+// Per-calling-thread buffers of one run() (the gathered tokens, the packed activations). Reused across
+// calls; concurrent infer requests run on different threads and so never share them.
+template <typename T>
+T* call_buffer(std::vector<T>& v, size_t count) {
+    if (v.size() < count)
+        v.resize(count);
+    return v.data();
+}
+struct CallBuffers {
+    std::vector<float> d, gsum, Dp, stage, d4;
+    std::vector<int32_t> idx, uidx;
+    std::vector<int64_t> gstart, ugstart;
+    std::vector<uint8_t> keep;
+    std::vector<Gathered> g;
+    std::vector<UnionRows> u;
+};
+
+// Union of the kept rows of tokens [t0, t0 + mt) (mt <= 4) from their gathered lists.
+void build_union(const FcArgs& a, const Gathered* g, int64_t t0, int mt, float* stage, uint8_t* keep, int32_t* uidx,
+                 float* d4, int64_t* ugstart, UnionRows& u) {
+    for (int t = 0; t < mt; ++t) {
+        const Gathered& gt = g[t0 + t];
+        for (int64_t q = 0; q < gt.n; ++q) {
+            const int64_t j = gt.idx[q];
+            stage[4 * j + t] = gt.d[q];
+            keep[j] = 1;
+        }
+    }
+    int64_t n = 0;
+    const int64_t gs = a.group_size;
+    for (int64_t gi = 0; gi < a.n_groups; ++gi) {
+        ugstart[gi] = n;
+        for (int64_t j = gi * gs; j < (gi + 1) * gs; ++j) {
+            if (!keep[j])
+                continue;
+            uidx[n] = static_cast<int32_t>(j);
+            for (int t = 0; t < 4; ++t) {
+                d4[4 * n + t] = stage[4 * j + t];
+                stage[4 * j + t] = 0.0f;
+            }
+            keep[j] = 0;
+            ++n;
+        }
+    }
+    ugstart[a.n_groups] = n;
+    u.idx = uidx;
+    u.d4 = d4;
+    u.gstart = ugstart;
+    for (int t = 0; t < 4; ++t)
+        u.gsum[t] = t < mt ? g[t0 + t].gsum : nullptr;
+    u.n = n;
+    u.mt = mt;
+}
+CallBuffers& call_buffers() {
+    static thread_local CallBuffers b;
+    return b;
+}
+
+// Split [0, OC) into per-thread column ranges aligned to 64 columns.
+void column_range(int64_t OC, int ithr, int nthr, int64_t& c0, int64_t& c1) {
+    const int64_t nblk = (OC + 63) / 64;
+    const int64_t base = nblk / nthr, rem = nblk % nthr;
+    const int64_t b0 = ithr * base + std::min<int64_t>(ithr, rem);
+    const int64_t b1 = b0 + base + (ithr < rem ? 1 : 0);
+    c0 = std::min(OC, b0 * 64);
+    c1 = std::min(OC, b1 * 64);
+}
+
+// Masked, centred activations of token t written into the packed layout of the dense kernel.
+void pack_token(const FcArgs& a, int64_t t, int mr, int64_t kc, int64_t n_mtiles, float* Dp) {
+    const float* x = a.x + t * a.IC;
+    const int64_t mt = t / mr, mi = t % mr;
+    for (int64_t k0 = 0; k0 < a.IC; k0 += kc) {
+        const int64_t kl = std::min(kc, a.IC - k0);
+        float* blk = Dp + k0 * n_mtiles * mr + mt * kl * mr + mi;
+        for (int64_t k = 0; k < kl; ++k) {
+            const int64_t j = k0 + k;
+            const float dj = x[j] - a.mode[a.mode_vec ? j : 0];
+            const bool keep = std::fabs(dj) > a.thr[a.thr_vec ? j : 0];
+            blk[k * mr] = keep ? dj : 0.0f;
+        }
+    }
+}
+
+constexpr int64_t kKC = 256;           // k-block of the dense path
+constexpr int64_t kDenseMaxM = 256;    // token block of the dense path
+constexpr int64_t kDecodeMaxM = 8;     // up to this many tokens take the sparse (union) decode path
+}  // namespace
+
+const char* isa_name(Isa isa) {
+    switch (isa) {
+    case Isa::avx512:
+        return "avx512";
+    case Isa::avx2:
+        return "avx2";
+    default:
+        return "scalar";
+    }
+}
+
+Isa active_isa() {
+    static const Isa detected = detect_isa();
+    const Isa cap = env_cap();  // read each call: tests switch it per process, cost is negligible
+    return static_cast<int>(cap) < static_cast<int>(detected) ? cap : detected;
+}
+
+namespace {
+bool debug_enabled() {
+    static const bool on = [] {
+        const char* e = std::getenv("SCAP_OV_DEBUG");
+        return e && *e && std::string(e) != "0";
+    }();
+    return on;
+}
+void debug_log(const FcArgs& a, Isa isa, int nthreads, const char* path) {
+    if (debug_enabled())
+        std::fprintf(stderr, "[scap_ov] M=%lld IC=%lld OC=%lld isa=%s threads=%d path=%s\n", static_cast<long long>(a.M),
+                     static_cast<long long>(a.IC), static_cast<long long>(a.OC), isa_name(isa), nthreads, path);
+}
+}  // namespace
+
+int64_t prefetch_bytes_setting() {
+    static const int64_t v = [] {
+        const char* e = std::getenv("SCAP_OV_PREFETCH_BYTES");
+        long long b = e && *e ? std::atoll(e) : 16384;
+        return static_cast<int64_t>(b < 0 ? 0 : b);
+    }();
+    return v;
+}
+
+void run(const FcArgs& args, Isa isa, int nthreads) {
+    FcArgs a = args;
+    a.prefetch_bytes = prefetch_bytes_setting();
+    IsaKernels k;
+    if (isa == Isa::avx512)
+        k = avx512_kernels();
+    else if (isa == Isa::avx2)
+        k = avx2_kernels();
+    if (!k.decode || !k.dense || !k.decode_multi || !k.gather) {
+        debug_log(a, Isa::scalar, 1, "reference");
+        run_reference(a);
+        return;
+    }
+    nthreads = std::max(1, nthreads);
+    // Few columns: threading costs more than it gains.
+    const int64_t nblk = (a.OC + 63) / 64;
+    const int nthr = static_cast<int>(std::min<int64_t>(nthreads, nblk));
+
+    if (a.M <= kDecodeMaxM) {
+        // Sparse paths: gather every token once (kept values, indices, per-group sums).
+        CallBuffers& cb = call_buffers();
+        float* d = call_buffer(cb.d, static_cast<size_t>(a.M * a.IC));
+        int32_t* idx = call_buffer(cb.idx, static_cast<size_t>(a.M * a.IC));
+        int64_t* gstart = call_buffer(cb.gstart, static_cast<size_t>(a.M * (a.n_groups + 1)));
+        float* gsum = call_buffer(cb.gsum, static_cast<size_t>(a.M * a.n_groups));
+        Gathered* g = call_buffer(cb.g, static_cast<size_t>(a.M));
+        for (int64_t t = 0; t < a.M; ++t) {
+            Gathered& gt = g[t];
+            float* dt = d + t * a.IC;
+            int32_t* it = idx + t * a.IC;
+            int64_t* st = gstart + t * (a.n_groups + 1);
+            float* su = gsum + t * a.n_groups;
+            gt.n = k.gather(a, a.x + t * a.IC, dt, it, st, su);
+            gt.d = dt;
+            gt.idx = it;
+            gt.gstart = st;
+            gt.gsum = su;
+        }
+        if (a.M == 1) {
+            debug_log(a, isa, nthr, "decode");
+            ov::parallel_nt(nthr, [&](int ithr, int nt) {
+                int64_t c0, c1;
+                column_range(a.OC, ithr, nt, c0, c1);
+                if (c0 >= c1)
+                    return;
+                float* scratch = thread_scratch(static_cast<size_t>(c1 - c0) + 64);
+                k.decode(a, g[0], a.y, c0, c1, scratch);
+            });
+            return;
+        }
+        // 2..8 tokens: one pass over the union of the kept rows per block of up to 4 tokens.
+        const int64_t nblocks = (a.M + 3) / 4;
+        float* stage = call_buffer(cb.stage, static_cast<size_t>(4 * a.IC));
+        uint8_t* keep = call_buffer(cb.keep, static_cast<size_t>(a.IC));
+        std::fill(stage, stage + 4 * a.IC, 0.0f);
+        std::fill(keep, keep + a.IC, uint8_t(0));
+        int32_t* uidx = call_buffer(cb.uidx, static_cast<size_t>(nblocks * a.IC));
+        float* d4 = call_buffer(cb.d4, static_cast<size_t>(nblocks * 4 * a.IC));
+        int64_t* ugstart = call_buffer(cb.ugstart, static_cast<size_t>(nblocks * (a.n_groups + 1)));
+        UnionRows* u = call_buffer(cb.u, static_cast<size_t>(nblocks));
+        for (int64_t b = 0; b < nblocks; ++b) {
+            const int mt = static_cast<int>(std::min<int64_t>(4, a.M - 4 * b));
+            build_union(a, g, 4 * b, mt, stage, keep, uidx + b * a.IC, d4 + b * 4 * a.IC,
+                        ugstart + b * (a.n_groups + 1), u[b]);
+        }
+        debug_log(a, isa, nthr, "decode_multi");
+        ov::parallel_nt(nthr, [&](int ithr, int nt) {
+            int64_t c0, c1;
+            column_range(a.OC, ithr, nt, c0, c1);
+            if (c0 >= c1)
+                return;
+            float* scratch = thread_scratch(4 * static_cast<size_t>(c1 - c0) + 64);
+            for (int64_t b = 0; b < nblocks; ++b) {
+                float* yrows[4] = {nullptr, nullptr, nullptr, nullptr};
+                for (int t = 0; t < u[b].mt; ++t)
+                    yrows[t] = a.y + (4 * b + t) * a.OC;
+                k.decode_multi(a, u[b], yrows, c0, c1, scratch);
+            }
+        });
+        return;
+    }
+
+    // Dense (many-token) path, in blocks of kDenseMaxM tokens so the packed activations stay bounded
+    // (the weights are re-read once per block; a block is compute-bound).
+    debug_log(a, isa, nthr, "dense");
+    const int mr = k.mr;
+    CallBuffers& cb = call_buffers();
+    for (int64_t m0 = 0; m0 < a.M; m0 += kDenseMaxM) {
+        FcArgs b = a;
+        b.M = std::min<int64_t>(kDenseMaxM, a.M - m0);
+        b.x = a.x + m0 * a.IC;
+        b.y = a.y + m0 * a.OC;
+        const int64_t n_mtiles = (b.M + mr - 1) / mr;
+        // Only the first b.M token slots of each tile are written and read (the micro-kernel never reads
+        // the padding of a partial tile), so no zero fill is needed.
+        float* Dp = call_buffer(cb.Dp, static_cast<size_t>(n_mtiles * mr * a.IC));
+        ov::parallel_nt(nthreads, [&](int ithr, int nt) {
+            const int64_t per = (b.M + nt - 1) / nt;
+            const int64_t t0 = ithr * per, t1 = std::min(b.M, t0 + per);
+            for (int64_t t = t0; t < t1; ++t)
+                pack_token(b, t, mr, kKC, n_mtiles, Dp);
+        });
+        ov::parallel_nt(nthr, [&](int ithr, int nt) {
+            int64_t c0, c1;
+            column_range(b.OC, ithr, nt, c0, c1);
+            if (c0 >= c1)
+                return;
+            float* scratch = thread_scratch(static_cast<size_t>(kKC) * 256 + 64);
+            k.dense(b, Dp, kKC, c0, c1, scratch);
+        });
+    }
+}
+
+}  // namespace kernels
+}  // namespace scap_ov

@@ -1,0 +1,104 @@
+// Kernel interface of SCAPFullyConnected: plain data, no OpenVINO types, so that the ISA-specific
+// translation units (compiled with wider instruction sets) share no inline/template code with the rest
+// of the library (a COMDAT copy compiled for AVX-512 must never be picked for the generic path).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace scap_ov {
+namespace kernels {
+
+enum class WType : int { f32 = 0, f16, bf16, i8, u8, i4, u4 };
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+
+static inline bool is_float_weight(WType t) {
+    return t == WType::f32 || t == WType::f16 || t == WType::bf16;
+}
+static inline bool is_4bit(WType t) {
+    return t == WType::i4 || t == WType::u4;
+}
+static inline bool has_zero_point(WType t) {
+    return t == WType::u8 || t == WType::u4;
+}
+
+// Everything one call of the op needs, with sizes already validated by the caller.
+struct FcArgs {
+    const float* x = nullptr;  // [M, IC]
+    int64_t M = 0, IC = 0, OC = 0;
+    WType wtype = WType::f32;
+    const uint8_t* w = nullptr;      // [IC, OC], row-major; 4-bit: element k in byte k/2, low nibble first
+    const void* scales = nullptr;    // [G, OC] f16 or f32; nullptr for float weights
+    bool scales_f16 = false;
+    int64_t n_groups = 1;            // G
+    int64_t group_size = 0;          // IC / G
+    const uint8_t* zp = nullptr;     // [G, OC], same element type as w (u8/u4); nullptr when symmetric/float
+    const float* mode = nullptr;     // 1 or IC values
+    bool mode_vec = false;
+    const float* thr = nullptr;      // 1 or IC values
+    bool thr_vec = false;
+    const float* bias = nullptr;     // [OC] or nullptr
+    float* y = nullptr;              // [M, OC]
+    int64_t prefetch_bytes = 16384;  // decode: software-prefetch this many bytes of upcoming kept rows ahead
+};
+
+// Per-token gathered activations for the sparse (decode) path.
+struct Gathered {
+    const float* d = nullptr;        // kept values d_j = x_j - m_j, in increasing j
+    const int32_t* idx = nullptr;    // kept channel indices
+    const int64_t* gstart = nullptr; // [G + 1]: kept entries of group g are [gstart[g], gstart[g+1])
+    const float* gsum = nullptr;     // [G]: sum of kept d in group g
+    int64_t n = 0;                   // number of kept channels
+};
+
+// ISA entry points (one set per ISA translation unit). All work on a column range [c0, c1) of the output,
+// where c0 is a multiple of 64 (or 0) so that 4-bit rows start on a byte boundary.
+// decode: y[c0:c1] = sum over the kept rows of token `g`, dequantized, + bias.
+// `scratch` holds at least (c1 - c0) + 64 floats, 64-byte aligned.
+using DecodeFn = void (*)(const FcArgs& a, const Gathered& g, float* yrow, int64_t c0, int64_t c1, float* scratch);
+// dense: for all M tokens, Y[:, c0:c1] = Dp (packed masked activations) x Wdeq + bias.
+// Dp layout: for each k-block of KC rows, for each token tile of MR tokens: KC x MR floats (zero padded).
+// `scratch` holds at least KC * 256 floats (a dequantized block of up to 256 columns), 64-byte aligned.
+using DenseFn = void (*)(const FcArgs& a, const float* Dp, int64_t kc, int64_t c0, int64_t c1, float* scratch);
+
+// gather: kept values / indices of one token in increasing j, per-group starts and sums (see Gathered);
+// d and idx need room for IC entries, gstart for G + 1, gsum for G. Returns the number kept.
+using GatherFn = int64_t (*)(const FcArgs& a, const float* x, float* d, int32_t* idx, int64_t* gstart, float* gsum);
+
+// Union of the kept rows of up to 4 tokens (small-M decode): each union row once, with the 4 tokens'
+// centred values (0 where that token pruned the row, and for unused token slots).
+struct UnionRows {
+    const int32_t* idx = nullptr;    // union row indices, increasing
+    const float* d4 = nullptr;       // [n][4]
+    const int64_t* gstart = nullptr; // [G + 1] into the union list
+    const float* gsum[4] = {nullptr, nullptr, nullptr, nullptr};  // per token: [G] kept sums
+    int64_t n = 0;
+    int mt = 0;                      // tokens in use (1..4)
+};
+// decode_multi: y_t[c0:c1] for the mt tokens of `u`; `scratch` holds at least 4 * (c1 - c0) + 64 floats.
+using DecodeMultiFn = void (*)(const FcArgs& a, const UnionRows& u, float* const* yrows, int64_t c0, int64_t c1,
+                               float* scratch);
+
+struct IsaKernels {
+    DecodeMultiFn decode_multi = nullptr;
+    GatherFn gather = nullptr;
+    DecodeFn decode = nullptr;
+    DenseFn dense = nullptr;
+    int mr = 1;  // token tile of the dense micro-kernel (Dp packing)
+};
+
+IsaKernels avx2_kernels();
+IsaKernels avx512_kernels();
+
+// Scalar reference implementation: the oracle (no SIMD, no threads, direct dequantization).
+void run_reference(const FcArgs& a);
+
+// Detected ISA capped by $SCAP_OV_ISA (scalar|avx2|avx512).
+Isa active_isa();
+const char* isa_name(Isa isa);
+
+// Entry point used by the op: picks the ISA and the decode or dense path, runs on `nthreads` threads.
+void run(const FcArgs& a, Isa isa, int nthreads);
+
+}  // namespace kernels
+}  // namespace scap_ov

@@ -1,0 +1,416 @@
+#include "scap_fully_connected.hpp"
+
+#include <cmath>
+#include <openvino/core/parallel.hpp>
+#include <openvino/op/constant.hpp>
+#include <sstream>
+
+#include "kernels/kernel.hpp"
+
+namespace scap_ov {
+
+namespace {
+
+enum Port : size_t { X = 0, WEIGHTS, SCALES, ZERO_POINTS, MODE, THRESHOLD, BIAS, N_INPUTS };
+
+bool weight_type_supported(const ov::element::Type& t) {
+    using ov::element::Type_t;
+    switch (t) {
+    case Type_t::f32:
+    case Type_t::f16:
+    case Type_t::bf16:
+    case Type_t::i8:
+    case Type_t::u8:
+    case Type_t::i4:
+    case Type_t::u4:
+        return true;
+    default:
+        return false;
+    }
+}
+
+bool is_float_weight(const ov::element::Type& t) {
+    return t == ov::element::f32 || t == ov::element::f16 || t == ov::element::bf16;
+}
+bool is_4bit(const ov::element::Type& t) {
+    return t == ov::element::i4 || t == ov::element::u4;
+}
+bool is_asym(const ov::element::Type& t) {
+    return t == ov::element::u8 || t == ov::element::u4;
+}
+
+kernels::WType to_wtype(const ov::element::Type& t) {
+    using ov::element::Type_t;
+    switch (t) {
+    case Type_t::f32:
+        return kernels::WType::f32;
+    case Type_t::f16:
+        return kernels::WType::f16;
+    case Type_t::bf16:
+        return kernels::WType::bf16;
+    case Type_t::i8:
+        return kernels::WType::i8;
+    case Type_t::u8:
+        return kernels::WType::u8;
+    case Type_t::i4:
+        return kernels::WType::i4;
+    case Type_t::u4:
+        return kernels::WType::u4;
+    default:
+        OPENVINO_THROW("SCAPFullyConnected: unsupported weight element type ", t);
+    }
+}
+
+// A static empty 1-D shape [0] (the "absent" marker for scales, zero points and bias).
+bool is_empty_marker(const ov::PartialShape& ps) {
+    return ps.rank().is_static() && ps.rank().get_length() == 1 && ps[0].is_static() && ps[0].get_length() == 0;
+}
+
+// mode / threshold: scalar [], [1], or per-input-channel [IC].
+bool vector_param_shape_ok(const ov::PartialShape& ps, const ov::Dimension& ic) {
+    if (ps.rank().is_dynamic())
+        return true;
+    if (ps.rank().get_length() == 0)
+        return true;
+    if (ps.rank().get_length() != 1)
+        return false;
+    const auto& d = ps[0];
+    if (d.is_dynamic())
+        return true;
+    if (d.get_length() == 1)
+        return true;
+    return ic.is_dynamic() || d.get_length() == ic.get_length();
+}
+
+
+}  // namespace
+
+SCAPFullyConnected::SCAPFullyConnected(const ov::OutputVector& args, int64_t schema_version)
+    : Op(args),
+      m_schema_version(schema_version) {
+    constructor_validate_and_infer_types();
+}
+
+namespace {
+// The CPU plugin's ConvertPrecision pass would otherwise rewrite the packed constants before they reach
+// evaluate(): f16/bf16 -> f32 and u4/i4 -> u8/i8, doubling the weight memory and bandwidth. Constants whose
+// rt_info holds "keep_const_precision" (ov::KeepConstPrecision, the mark the plugin itself puts on compressed
+// FC weights; only the key's presence is checked) keep their element type.
+void keep_const_precision(const ov::Output<ov::Node>& src) {
+    auto node = src.get_node_shared_ptr();
+    if (!ov::is_type<ov::op::v0::Constant>(node))
+        return;
+    // rt_info keys are DiscreteTypeInfo strings ("<name>_<version>"); build it the same way the library does.
+    static const std::string key = std::string(ov::DiscreteTypeInfo("keep_const_precision", "0"));
+    auto& rt = node->get_rt_info();
+    if (rt.find(key) == rt.end())
+        rt[key] = true;
+}
+}  // namespace
+
+void SCAPFullyConnected::validate_and_infer_types() {
+    NODE_VALIDATION_CHECK(this,
+                          m_schema_version == kSchemaVersion,
+                          "SCAPFullyConnected schema_version ",
+                          m_schema_version,
+                          " is not supported: this extension implements schema_version ",
+                          kSchemaVersion);
+    NODE_VALIDATION_CHECK(this,
+                          get_input_size() == N_INPUTS,
+                          "SCAPFullyConnected expects 7 inputs (x, weights, scales, zero_points, mode, threshold, bias), got ",
+                          get_input_size());
+
+    const auto& x_t = get_input_element_type(X);
+    const auto& w_t = get_input_element_type(WEIGHTS);
+    const auto& s_t = get_input_element_type(SCALES);
+    const auto& z_t = get_input_element_type(ZERO_POINTS);
+    const auto& x_ps = get_input_partial_shape(X);
+    const auto& w_ps = get_input_partial_shape(WEIGHTS);
+    const auto& s_ps = get_input_partial_shape(SCALES);
+    const auto& z_ps = get_input_partial_shape(ZERO_POINTS);
+    const auto& m_ps = get_input_partial_shape(MODE);
+    const auto& t_ps = get_input_partial_shape(THRESHOLD);
+    const auto& b_ps = get_input_partial_shape(BIAS);
+
+    NODE_VALIDATION_CHECK(this, x_t.is_dynamic() || x_t == ov::element::f32, "SCAPFullyConnected input x must be f32, got ", x_t);
+    NODE_VALIDATION_CHECK(this,
+                          w_t.is_dynamic() || weight_type_supported(w_t),
+                          "SCAPFullyConnected weights element type ",
+                          w_t,
+                          " is not supported (expected one of f32, f16, bf16, i8, u8, i4, u4)");
+    NODE_VALIDATION_CHECK(this,
+                          x_ps.rank().is_dynamic() || x_ps.rank().get_length() >= 1,
+                          "SCAPFullyConnected input x must have rank >= 1, got shape ",
+                          x_ps);
+    NODE_VALIDATION_CHECK(this,
+                          w_ps.rank().is_dynamic() || w_ps.rank().get_length() == 2,
+                          "SCAPFullyConnected weights must be 2-D [IC, OC], got shape ",
+                          w_ps);
+
+    ov::Dimension ic = ov::Dimension::dynamic(), oc = ov::Dimension::dynamic();
+    if (w_ps.rank().is_static()) {
+        ic = w_ps[0];
+        oc = w_ps[1];
+    }
+    if (x_ps.rank().is_static()) {
+        const auto& x_ic = x_ps[x_ps.rank().get_length() - 1];
+        NODE_VALIDATION_CHECK(this,
+                              x_ic.compatible(ic),
+                              "SCAPFullyConnected input channels mismatch: x has IC=",
+                              x_ic,
+                              " (shape ",
+                              x_ps,
+                              ") but weights [IC, OC] have IC=",
+                              ic);
+        if (ic.is_dynamic())
+            ic = x_ic;
+    }
+    if (w_t.is_static() && is_4bit(w_t) && oc.is_static()) {
+        NODE_VALIDATION_CHECK(this,
+                              oc.get_length() % 2 == 0,
+                              "SCAPFullyConnected 4-bit weights (",
+                              w_t,
+                              ") need an even number of output channels, got OC=",
+                              oc);
+    }
+
+    // scales / zero points
+    NODE_VALIDATION_CHECK(this,
+                          s_t.is_dynamic() || s_t == ov::element::f16 || s_t == ov::element::f32,
+                          "SCAPFullyConnected scales must be f16 or f32, got ",
+                          s_t);
+    if (w_t.is_static() && is_float_weight(w_t)) {
+        NODE_VALIDATION_CHECK(this,
+                              s_ps.rank().is_dynamic() || is_empty_marker(s_ps),
+                              "SCAPFullyConnected scales must be empty (shape [0]) for float weights (",
+                              w_t,
+                              "), got shape ",
+                              s_ps);
+        NODE_VALIDATION_CHECK(this,
+                              z_ps.rank().is_dynamic() || is_empty_marker(z_ps),
+                              "SCAPFullyConnected zero_points must be empty (shape [0]) for float weights, got shape ",
+                              z_ps);
+    } else if (w_t.is_static()) {
+        NODE_VALIDATION_CHECK(this,
+                              s_ps.rank().is_dynamic() || s_ps.rank().get_length() == 2,
+                              "SCAPFullyConnected scales must be 2-D [G, OC] for ",
+                              w_t,
+                              " weights, got shape ",
+                              s_ps);
+        if (s_ps.rank().is_static()) {
+            NODE_VALIDATION_CHECK(this,
+                                  s_ps[1].compatible(oc),
+                                  "SCAPFullyConnected scales [G, OC] have OC=",
+                                  s_ps[1],
+                                  " but weights have OC=",
+                                  oc);
+            const auto& g = s_ps[0];
+            NODE_VALIDATION_CHECK(this,
+                                  g.is_dynamic() || g.get_length() >= 1,
+                                  "SCAPFullyConnected scales need at least one group, got shape ",
+                                  s_ps);
+            if (g.is_static() && ic.is_static()) {
+                NODE_VALIDATION_CHECK(this,
+                                      ic.get_length() % g.get_length() == 0,
+                                      "SCAPFullyConnected group size does not divide IC: ",
+                                      g.get_length(),
+                                      " groups along IC=",
+                                      ic.get_length());
+            }
+        }
+        if (is_asym(w_t)) {
+            NODE_VALIDATION_CHECK(this,
+                                  z_t.is_dynamic() || z_t == w_t,
+                                  "SCAPFullyConnected zero_points must have the weight type ",
+                                  w_t,
+                                  ", got ",
+                                  z_t);
+            NODE_VALIDATION_CHECK(this,
+                                  z_ps.compatible(s_ps),
+                                  "SCAPFullyConnected zero_points shape ",
+                                  z_ps,
+                                  " must equal the scales shape ",
+                                  s_ps);
+            NODE_VALIDATION_CHECK(this,
+                                  z_ps.rank().is_dynamic() || z_ps.rank().get_length() == 2,
+                                  "SCAPFullyConnected zero_points must be 2-D [G, OC], got shape ",
+                                  z_ps);
+            if (is_4bit(w_t) && z_ps.rank().is_static() && z_ps[1].is_static()) {
+                NODE_VALIDATION_CHECK(this,
+                                      z_ps[1].get_length() % 2 == 0,
+                                      "SCAPFullyConnected u4 zero_points need an even OC, got shape ",
+                                      z_ps);
+            }
+        } else {
+            NODE_VALIDATION_CHECK(this,
+                                  z_ps.rank().is_dynamic() || is_empty_marker(z_ps),
+                                  "SCAPFullyConnected zero_points must be empty (shape [0]) for symmetric ",
+                                  w_t,
+                                  " weights, got shape ",
+                                  z_ps);
+        }
+    }
+
+    // mode / threshold
+    const auto& m_t = get_input_element_type(MODE);
+    const auto& t_t = get_input_element_type(THRESHOLD);
+    NODE_VALIDATION_CHECK(this, m_t.is_dynamic() || m_t == ov::element::f32, "SCAPFullyConnected mode must be f32, got ", m_t);
+    NODE_VALIDATION_CHECK(this,
+                          t_t.is_dynamic() || t_t == ov::element::f32,
+                          "SCAPFullyConnected threshold must be f32, got ",
+                          t_t);
+    NODE_VALIDATION_CHECK(this,
+                          vector_param_shape_ok(m_ps, ic),
+                          "SCAPFullyConnected mode must be a scalar ([] or [1]) or a per-input-channel vector [IC=",
+                          ic,
+                          "], got shape ",
+                          m_ps);
+    NODE_VALIDATION_CHECK(this,
+                          vector_param_shape_ok(t_ps, ic),
+                          "SCAPFullyConnected threshold must be a scalar ([] or [1]) or a per-input-channel vector [IC=",
+                          ic,
+                          "], got shape ",
+                          t_ps);
+    if (auto c = std::dynamic_pointer_cast<ov::op::v0::Constant>(input_value(THRESHOLD).get_node_shared_ptr())) {
+        if (c->get_element_type() == ov::element::f32) {
+            const float* p = c->get_data_ptr<float>();
+            const size_t n = ov::shape_size(c->get_shape());
+            for (size_t i = 0; i < n; ++i) {
+                NODE_VALIDATION_CHECK(this,
+                                      std::isfinite(p[i]) && p[i] >= 0.0f,
+                                      "SCAPFullyConnected threshold must be finite and >= 0, got ",
+                                      p[i],
+                                      " at index ",
+                                      i);
+            }
+        }
+    }
+
+    // bias
+    const auto& b_t = get_input_element_type(BIAS);
+    NODE_VALIDATION_CHECK(this, b_t.is_dynamic() || b_t == ov::element::f32, "SCAPFullyConnected bias must be f32, got ", b_t);
+    NODE_VALIDATION_CHECK(this,
+                          b_ps.rank().is_dynamic() || (b_ps.rank().get_length() == 1 &&
+                                                       (is_empty_marker(b_ps) || b_ps[0].compatible(oc))),
+                          "SCAPFullyConnected bias must be [OC=",
+                          oc,
+                          "] or empty [0], got shape ",
+                          b_ps);
+
+    keep_const_precision(input_value(WEIGHTS));
+    keep_const_precision(input_value(SCALES));
+    keep_const_precision(input_value(ZERO_POINTS));
+
+    ov::PartialShape out_ps = ov::PartialShape::dynamic();
+    if (x_ps.rank().is_static()) {
+        out_ps = x_ps;
+        out_ps[out_ps.rank().get_length() - 1] = oc;
+    }
+    set_output_type(0, ov::element::f32, out_ps);
+}
+
+std::shared_ptr<ov::Node> SCAPFullyConnected::clone_with_new_inputs(const ov::OutputVector& new_args) const {
+    check_new_args_count(this, new_args);
+    return std::make_shared<SCAPFullyConnected>(new_args, m_schema_version);
+}
+
+bool SCAPFullyConnected::visit_attributes(ov::AttributeVisitor& visitor) {
+    visitor.on_attribute("schema_version", m_schema_version);
+    return true;
+}
+
+bool SCAPFullyConnected::has_evaluate() const {
+    return true;
+}
+
+bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
+    OPENVINO_ASSERT(inputs.size() == N_INPUTS, "SCAPFullyConnected::evaluate expects 7 inputs, got ", inputs.size());
+    OPENVINO_ASSERT(outputs.size() == 1, "SCAPFullyConnected::evaluate expects 1 output, got ", outputs.size());
+    const auto& x = inputs[X];
+    const auto& w = inputs[WEIGHTS];
+    const auto& s = inputs[SCALES];
+    const auto& z = inputs[ZERO_POINTS];
+    const auto& m = inputs[MODE];
+    const auto& t = inputs[THRESHOLD];
+    const auto& b = inputs[BIAS];
+
+    const auto w_t = w.get_element_type();
+    OPENVINO_ASSERT(x.get_element_type() == ov::element::f32, "SCAPFullyConnected: x must be f32");
+    OPENVINO_ASSERT(weight_type_supported(w_t), "SCAPFullyConnected: unsupported weight type ", w_t);
+    const auto& xs = x.get_shape();
+    const auto& ws = w.get_shape();
+    OPENVINO_ASSERT(xs.size() >= 1, "SCAPFullyConnected: x must have rank >= 1");
+    OPENVINO_ASSERT(ws.size() == 2, "SCAPFullyConnected: weights must be 2-D, got ", ws);
+    const int64_t IC = static_cast<int64_t>(ws[0]);
+    const int64_t OC = static_cast<int64_t>(ws[1]);
+    OPENVINO_ASSERT(static_cast<int64_t>(xs.back()) == IC,
+                    "SCAPFullyConnected: x has IC=", xs.back(), " but weights have IC=", IC);
+    OPENVINO_ASSERT(IC >= 1, "SCAPFullyConnected: IC must be >= 1");
+    const bool q4 = is_4bit(w_t);
+    OPENVINO_ASSERT(!q4 || OC % 2 == 0, "SCAPFullyConnected: 4-bit weights need an even OC, got ", OC);
+    const size_t w_bytes = q4 ? static_cast<size_t>(IC * OC / 2) : static_cast<size_t>(IC * OC) * w_t.size();
+    OPENVINO_ASSERT(w.get_byte_size() >= w_bytes, "SCAPFullyConnected: weights tensor is smaller than [IC, OC]");
+
+    int64_t G = 1;
+    if (!is_float_weight(w_t)) {
+        const auto& ss = s.get_shape();
+        OPENVINO_ASSERT(s.get_element_type() == ov::element::f16 || s.get_element_type() == ov::element::f32,
+                        "SCAPFullyConnected: scales must be f16 or f32");
+        OPENVINO_ASSERT(ss.size() == 2 && static_cast<int64_t>(ss[1]) == OC && ss[0] >= 1,
+                        "SCAPFullyConnected: scales must be [G, OC=", OC, "], got ", ss);
+        G = static_cast<int64_t>(ss[0]);
+        OPENVINO_ASSERT(IC % G == 0, "SCAPFullyConnected: ", G, " groups do not divide IC=", IC);
+        if (is_asym(w_t)) {
+            OPENVINO_ASSERT(z.get_element_type() == w_t && z.get_shape() == ss,
+                            "SCAPFullyConnected: zero_points must be ", w_t, " ", ss);
+            const size_t zb = q4 ? static_cast<size_t>(G * OC / 2) : static_cast<size_t>(G * OC);
+            OPENVINO_ASSERT(z.get_byte_size() >= zb, "SCAPFullyConnected: zero_points tensor too small");
+        }
+    }
+    const size_t n_mode = m.get_size();
+    const size_t n_thr = t.get_size();
+    OPENVINO_ASSERT(m.get_element_type() == ov::element::f32 && (n_mode == 1 || static_cast<int64_t>(n_mode) == IC),
+                    "SCAPFullyConnected: mode must be f32 with 1 or IC=", IC, " values, got ", n_mode);
+    OPENVINO_ASSERT(t.get_element_type() == ov::element::f32 && (n_thr == 1 || static_cast<int64_t>(n_thr) == IC),
+                    "SCAPFullyConnected: threshold must be f32 with 1 or IC=", IC, " values, got ", n_thr);
+    const size_t n_bias = b.get_size();
+    OPENVINO_ASSERT(b.get_element_type() == ov::element::f32 && (n_bias == 0 || static_cast<int64_t>(n_bias) == OC),
+                    "SCAPFullyConnected: bias must be f32 [OC=", OC, "] or [0], got ", n_bias, " values");
+
+    ov::Shape out_shape = xs;
+    out_shape.back() = static_cast<size_t>(OC);
+    auto& y = outputs[0];
+    y.set_shape(out_shape);
+    OPENVINO_ASSERT(y.get_element_type() == ov::element::f32, "SCAPFullyConnected: output must be f32");
+
+    kernels::FcArgs a;
+    a.x = x.data<const float>();
+    a.M = static_cast<int64_t>(ov::shape_size(xs) / static_cast<size_t>(IC));
+    a.IC = IC;
+    a.OC = OC;
+    a.wtype = to_wtype(w_t);
+    a.w = static_cast<const uint8_t*>(w.data());
+    if (!is_float_weight(w_t)) {
+        a.scales = s.data();
+        a.scales_f16 = s.get_element_type() == ov::element::f16;
+        a.n_groups = G;
+        a.group_size = IC / G;
+        if (is_asym(w_t))
+            a.zp = static_cast<const uint8_t*>(z.data());
+    } else {
+        a.n_groups = 1;
+        a.group_size = IC;
+    }
+    a.mode = m.data<const float>();
+    a.mode_vec = n_mode != 1;
+    a.thr = t.data<const float>();
+    a.thr_vec = n_thr != 1;
+    a.bias = n_bias ? b.data<const float>() : nullptr;
+    a.y = y.data<float>();
+    if (a.M == 0 || OC == 0)
+        return true;
+    kernels::run(a, kernels::active_isa(), parallel_get_max_threads());
+    return true;
+}
+
+}  // namespace scap_ov

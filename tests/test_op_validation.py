@@ -1,0 +1,153 @@
+"""SCAPFullyConnected rejects bad inputs with a clear message at build / compile time, and evaluate() refuses
+inconsistent run-time tensors with an exception instead of reading out of bounds."""
+from __future__ import annotations
+
+import numpy as np
+import openvino as ov
+import pytest
+
+from scap_ov import ops, packing
+from scap_ov.extension import extension_path
+
+IC, OC = 64, 32
+
+
+@pytest.fixture(scope="module")
+def core() -> ov.Core:
+    c = ov.Core()
+    c.add_extension(extension_path())
+    return c
+
+
+def const(a, t=None):
+    if t is None:
+        return ov.op.Constant(np.asarray(a)).output(0)
+    return ov.op.Constant(ov.Tensor(np.ascontiguousarray(a), ov.Shape(list(np.shape(a))), t)).output(0)
+
+
+def empty():
+    return const(np.zeros((0,), np.float32))
+
+
+def base_inputs(**over):
+    """Valid u8 per-group inputs; keyword overrides replace single inputs (as ov.Output)."""
+    x = ov.op.Parameter(ov.Type.f32, ov.PartialShape([-1, IC])).output(0)
+    inputs = dict(
+        x=x,
+        weights=const(np.zeros((IC, OC), np.uint8)),
+        scales=const(np.ones((2, OC), np.float16)),
+        zero_points=const(np.zeros((2, OC), np.uint8)),
+        mode=const(np.float32(0.0)),
+        threshold=const(np.float32(0.1)),
+        bias=const(np.zeros(OC, np.float32)),
+    )
+    inputs.update(over)
+    return [inputs[n] for n in ops.INPUT_NAMES]
+
+
+def create(inputs, schema_version=1):
+    return ops.native_node_factory().create("SCAPFullyConnected", inputs, {"schema_version": schema_version})
+
+
+def test_valid_base_builds(core):
+    node = create(base_inputs())
+    assert node.get_output_partial_shape(0) == ov.PartialShape([-1, OC])
+    assert node.get_output_element_type(0) == ov.Type.f32
+    core.compile_model(ov.Model([node.output(0)], [node.input_value(0).get_node()]), "CPU")
+
+
+def u4(shape):
+    n = int(np.prod(shape))
+    return const(packing.pack_int4(np.zeros(n, np.int8)), ov.Type.u4) if False else ov.op.Constant(
+        ov.Tensor(packing.pack_int4(np.zeros(n, np.int8)), ov.Shape(list(shape)), ov.Type.u4)).output(0)
+
+
+BAD = {
+    "mismatched IC": (dict(x=ov.op.Parameter(ov.Type.f32, ov.PartialShape([2, IC + 1])).output(0)),
+                      "input channels mismatch: x has IC=65"),
+    "scales OC": (dict(scales=const(np.ones((2, OC + 2), np.float16)),
+                       zero_points=const(np.zeros((2, OC + 2), np.uint8))), "scales [G, OC] have OC=34"),
+    "bias OC": (dict(bias=const(np.zeros(OC - 1, np.float32))), "bias must be [OC=32]"),
+    "mode length": (dict(mode=const(np.zeros(IC - 1, np.float32))), "mode must be a scalar"),
+    "threshold length": (dict(threshold=const(np.zeros(IC + 3, np.float32))), "threshold must be a scalar"),
+    "NaN threshold": (dict(threshold=const(np.float32(np.nan))), "threshold must be finite and >= 0"),
+    "negative threshold": (dict(threshold=const(np.full(IC, -0.5, np.float32))), "threshold must be finite and >= 0"),
+    "inf threshold": (dict(threshold=const(np.float32(np.inf))), "threshold must be finite and >= 0"),
+    "weight dtype": (dict(weights=const(np.zeros((IC, OC), np.int32))), "weights element type i32 is not supported"),
+    "weight rank": (dict(weights=const(np.zeros((IC, OC, 1), np.uint8))), "weights must be 2-D"),
+    "group size": (dict(scales=const(np.ones((3, OC), np.float16)), zero_points=const(np.zeros((3, OC), np.uint8))),
+                   "group size does not divide IC: 3 groups along IC=64"),
+    "odd OC 4-bit": (dict(weights=const(np.zeros((IC, 5), np.uint8)) if False else None, ), None),
+    "zp dtype": (dict(zero_points=const(np.zeros((2, OC), np.int8))), "zero_points must have the weight type u8"),
+    "zp shape": (dict(zero_points=const(np.zeros((1, OC), np.uint8))), "zero_points shape"),
+    "scales dtype": (dict(scales=const(np.ones((2, OC), np.float64))), "scales must be f16 or f32"),
+    "x dtype": (dict(x=ov.op.Parameter(ov.Type.f16, ov.PartialShape([-1, IC])).output(0)), "input x must be f32"),
+    "float weights with scales": (dict(weights=const(np.zeros((IC, OC), np.float32))), "scales must be empty"),
+    "symmetric with zp": (dict(weights=const(np.zeros((IC, OC), np.int8))), "zero_points must be empty"),
+}
+del BAD["odd OC 4-bit"]
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_bad_input_rejected_with_message(name):
+    over, msg = BAD[name]
+    with pytest.raises(Exception) as exc:
+        create(base_inputs(**over))
+    assert msg in str(exc.value), str(exc.value)
+
+
+def test_odd_oc_with_4bit_rejected():
+    # a u4 [IC, 5] tensor cannot even be built by numpy-side packing; build the constant from raw bytes
+    w = ov.op.Constant(ov.Tensor(np.zeros(IC * 6 // 2, np.uint8), ov.Shape([IC, 5]), ov.Type.u4)).output(0)
+    with pytest.raises(Exception, match="4-bit weights .* need an even number of output channels, got OC=5"):
+        create(base_inputs(weights=w, scales=const(np.ones((2, 5), np.float16)), zero_points=u4([2, 6])))
+
+
+def test_wrong_schema_version_names_both():
+    with pytest.raises(Exception, match="schema_version 2 is not supported: this extension implements schema_version 1"):
+        create(base_inputs(), schema_version=2)
+    with pytest.raises(ValueError, match="schema_version 3 is not supported"):
+        ops.SCAPFullyConnected(base_inputs(), schema_version=3)
+
+
+def test_twin_rejects_ic_mismatch():
+    bad = base_inputs(x=ov.op.Parameter(ov.Type.f32, ov.PartialShape([1, 7])).output(0))
+    with pytest.raises(ValueError, match="input channels mismatch"):
+        ops.SCAPFullyConnected(bad)
+
+
+def test_make_scap_fc_rejects_bad_threshold():
+    p = packing.pack_float(np.zeros((OC, IC), np.float32))
+    x = ov.op.Parameter(ov.Type.f32, ov.PartialShape([1, IC])).output(0)
+    with pytest.raises(ValueError, match="finite"):
+        ops.make_scap_fc(x, p, 0.0, float("nan"))
+    with pytest.raises(ValueError, match="IC=64"):
+        ops.make_scap_fc(x, p, np.zeros(IC - 1), 0.1)
+
+
+def test_bad_ir_rejected_at_read(core, tmp_path):
+    """A saved twin with a wrong bias length fails when the C++ op validates it (read_model), not later."""
+    p = packing.pack_float(np.zeros((OC, IC), np.float32))
+    x = ov.op.Parameter(ov.Type.f32, ov.PartialShape([1, IC]))
+    inputs = [x.output(0), p.weights_constant().output(0), empty(), empty(), const(np.float32(0)),
+              const(np.float32(0.1)), const(np.zeros(OC + 1, np.float32))]
+    node = ops.SCAPFullyConnected(inputs)  # the twin does not check bias
+    path = tmp_path / "bad.xml"
+    ov.save_model(ov.Model([node.output(0)], [x]), str(path), compress_to_fp16=False)
+    with pytest.raises(Exception, match="bias must be"):
+        core.compile_model(core.read_model(str(path)), "CPU")
+
+
+def test_runtime_size_mismatch_raises_not_crashes(core):
+    """Dynamic mode input: validation cannot know its length; evaluate() must refuse a wrong one."""
+    x = ov.op.Parameter(ov.Type.f32, ov.PartialShape([-1, IC]))
+    m = ov.op.Parameter(ov.Type.f32, ov.PartialShape([-1]))
+    node = create(base_inputs(x=x.output(0), mode=m.output(0)))
+    compiled = core.compile_model(ov.Model([node.output(0)], [x, m]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    xv = np.ones((2, IC), np.float32)
+    out = compiled([xv, np.zeros(IC, np.float32)])[0]
+    assert out.shape == (2, OC)
+    with pytest.raises(Exception, match="mode must be"):
+        compiled([xv, np.zeros(5, np.float32)])
+    out = compiled([xv, np.zeros(1, np.float32)])[0]  # and the request still works afterwards
+    assert out.shape == (2, OC)
