@@ -1,24 +1,31 @@
 """A streaming, mergeable histogram of activation values with fixed signed-log bins.
 
 |x - m| <= tau  <=>  m - tau <= x <= m + tau, so one histogram of x answers tau for any centre m, and the
-median and KDE peak too. Bins are log-spaced in |x| (relative width ~0.2%), so resolution follows the
-scale of the data without knowing its range in advance, and memory is fixed whatever the token count.
+median and KDE peak too. Bins are log-spaced in |x|, so resolution follows the scale of the data without
+knowing its range in advance, and memory is fixed whatever the token count.
+
+The bins are the float32 bit patterns of |x| with the low mantissa bits dropped: the bit pattern of a
+non-negative float is monotonic in its value, so the bin index is a shift, no logarithm (~10x faster).
 """
 from __future__ import annotations
 
 import numpy as np
 
-LOG10_MIN, LOG10_MAX = -9.0, 6.0  # |x| below 1e-9 falls in the zero bin; above 1e6 in the last bin
-BINS_PER_SIGN = 8192
+MANTISSA_BITS = 9  # kept mantissa bits: bins 2^-9 of an octave wide (<= 0.2% relative)
+MIN_EXP, MAX_EXP = -30, 20  # |x| < 2^-30 falls in the zero bin, |x| >= 2^20 in the last bin
+_SHIFT = 23 - MANTISSA_BITS
+_LO_KEY = (127 + MIN_EXP) << MANTISSA_BITS
+_HI_KEY = (127 + MAX_EXP) << MANTISSA_BITS
+BINS_PER_SIGN = _HI_KEY - _LO_KEY
 
 
 class SignedLogHistogram:
-    def __init__(self, bins_per_sign: int = BINS_PER_SIGN):
-        self.bins_per_sign = bins_per_sign
-        self.counts = np.zeros(2 * bins_per_sign + 1, dtype=np.int64)
-        self.step = (LOG10_MAX - LOG10_MIN) / bins_per_sign
-        mags = 10.0 ** (LOG10_MIN + self.step * np.arange(bins_per_sign + 1))  # magnitude edges
-        # Value edges in ascending order: negative bins, the zero bin [-1e-9, 1e-9], positive bins.
+    def __init__(self):
+        B = self.bins_per_sign = BINS_PER_SIGN
+        self.counts = np.zeros(2 * B + 1, dtype=np.int64)
+        keys = np.arange(_LO_KEY, _HI_KEY + 1, dtype=np.uint32) << np.uint32(_SHIFT)
+        mags = keys.view(np.float32).astype(np.float64)  # exact magnitude edges
+        # Value edges in ascending order: negative bins, the zero bin [-2^-30, 2^-30], positive bins.
         self.edges = np.concatenate([-mags[::-1], mags])
         self.nan_count = 0
 
@@ -27,16 +34,17 @@ class SignedLogHistogram:
         return int(self.counts.sum())
 
     def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float32).ravel()
-        finite = np.isfinite(x)
-        self.nan_count += int(np.isnan(x).sum())
-        x = np.where(finite | np.isnan(x), x, np.sign(x) * 10.0 ** LOG10_MAX)[~np.isnan(x)]
-        mag = np.abs(x)
-        with np.errstate(divide="ignore"):
-            b = np.floor((np.log10(np.maximum(mag, 1e-30)) - LOG10_MIN) / self.step).astype(np.int64)
-        b = np.clip(b, -1, self.bins_per_sign - 1)
-        B = self.bins_per_sign
-        idx = np.where(b < 0, B, np.where(x > 0, B + 1 + b, B - 1 - b))
+        x = np.ascontiguousarray(x, dtype=np.float32).ravel()
+        nan = np.isnan(x)
+        if nan.any():
+            self.nan_count += int(nan.sum())
+            x = x[~nan]
+        bits = x.view(np.uint32)
+        # +-Inf has the largest exponent: it lands in the last bin, like any huge value.
+        b = ((bits & np.uint32(0x7FFFFFFF)) >> np.uint32(_SHIFT)).astype(np.int32) - _LO_KEY
+        np.clip(b, -1, BINS_PER_SIGN - 1, out=b)
+        B = BINS_PER_SIGN
+        idx = np.where(b < 0, B, np.where(bits >> np.uint32(31), B - 1 - b, B + 1 + b))
         self.counts += np.bincount(idx, minlength=self.counts.size)
 
     def merge(self, other: "SignedLogHistogram") -> None:
