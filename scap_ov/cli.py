@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub at run time
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="scap-ov: %(message)s", stream=sys.stderr)
     try:
         if args.command == "export":
             return _export(args)

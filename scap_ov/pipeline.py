@@ -8,6 +8,7 @@ Output folder (loadable by optimum-intel as an OVModelForCausalLM folder):
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from scap_ov.fsutil import atomic_output_dir, check_output_dir
 from scap_ov.transformations.fuse_cpu import apply_fusion
 from scap_ov.transformations.portable import apply_portable
 
+log = logging.getLogger("scap_ov")
 ARTIFACT_NAME = "scap_calibration.json"
 PORTABLE_XML = "openvino_model_portable.xml"
 
@@ -62,9 +64,12 @@ def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: Calibra
 
     ov_model = ov.Core().read_model(ir_folder / IR_XML)
     if fixed is None:
+        log.info("calibrating on %d windows x %d tokens (%d refinement passes)", len(windows), windows.shape[1],
+                 config.refine_passes)
         fixed = calibrate(ov_model, windows, config, layer_patterns, model_id=str(model),
                           data_id=calibration_data or "austen:" + "+".join(assets.CALIBRATION_NOVELS))
     apply_portable(ov_model, fixed, layer_patterns)
+    log.info("writing portable and fused IRs to %s", output)
     with atomic_output_dir(output, overwrite) as tmp:
         ov.save_model(ov_model, tmp / PORTABLE_XML, compress_to_fp16=False)
         # The Python twin of the op is enough to write the fused IR: export needs no compiled extension.
