@@ -13,12 +13,13 @@ from dataclasses import dataclass
 import numpy as np
 import openvino as ov
 
+from scap_ov.packing import unpack_int4
+
+
 def constant_values(node: ov.Node) -> np.ndarray:
     """A Constant's values in its logical shape; 4-bit types (stored nibble-packed) come out as int8."""
     et, shape = node.get_output_element_type(0), tuple(node.get_output_shape(0))
     if et in (ov.Type.i4, ov.Type.u4):
-        from scap_ov.packing import unpack_int4
-
         return unpack_int4(node.get_data(), int(np.prod(shape)), signed=et == ov.Type.i4).reshape(shape)
     return np.asarray(node.get_data()).reshape(shape)
 

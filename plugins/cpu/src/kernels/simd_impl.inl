@@ -544,18 +544,13 @@ static inline void micro_dispatch(int rows, const float* Dt, const float* panel,
     }
 }
 
-// Column block and k sub-block of the dense path per weight type: rows are read as runs of 512-2048 bytes,
-// and the dequantized block (KC2 x NCOLS floats) stays within 256 KiB.
+// Column block and k sub-block of the dense path: the dequantized block (KC2 x NCOLS floats, 256 KiB) and the
+// accumulated outputs of a column block (M x NCOLS) stay in L2, and KC2 is long enough that outputs are
+// re-read rarely; rows are read as runs of NCOLS elements with the next block prefetched from inside the
+// micro-kernel (so short runs of narrow types still stream).
 template <WType T>
 struct DenseBlock {
-#ifndef SCAP_DENSE_RUN_BYTES_WIDE
-#    define SCAP_DENSE_RUN_BYTES_WIDE 2048
-#endif
-    // Wide (memory-bound) types read longer runs per row; narrow ones are dequantization-bound.
-    static constexpr int64_t run_bytes = WInfo<T>::bits >= 16 ? SCAP_DENSE_RUN_BYTES_WIDE : 512;
-    static constexpr int64_t base = run_bytes * 8 / WInfo<T>::bits;
-    static constexpr int64_t min_cols = NR * V::NC_PANELS;
-    static constexpr int64_t NCOLS = ((base > min_cols ? base : min_cols) + NR - 1) / NR * NR;
+    static constexpr int64_t NCOLS = (256 + NR - 1) / NR * NR;
     static constexpr int64_t KC2 = 65536 / NCOLS;
 };
 

@@ -1,0 +1,331 @@
+"""SCAPFullyConnected numerics: compiled CPU results vs a numpy oracle and vs the scalar reference kernel.
+
+Every example builds a tiny model with the C++ op, compiles it on CPU (f32 inference precision, 1 or 2
+threads) and runs it under each kernel ISA the machine has. The ISA is selected through ``SCAP_OV_ISA``,
+which the extension reads on every evaluate() call, so one process can compare the scalar reference
+(the oracle kernel) with the SIMD paths without a subprocess per example.
+
+``SCAP_OV_FUZZ_EXAMPLES`` raises the number of hypothesis examples per weight format (default 12).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import numpy as np
+import openvino as ov
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scap_ov import ops, packing
+from scap_ov.extension import extension_path
+
+FUZZ_EXAMPLES = int(os.environ.get("SCAP_OV_FUZZ_EXAMPLES", "12"))
+WEIGHT_TYPES = ("f32", "f16", "bf16", "i8", "u8", "i4", "u4")
+ISAS = ("scalar", "avx2", "avx512")
+
+
+@pytest.fixture(scope="module")
+def core() -> ov.Core:
+    c = ov.Core()
+    c.add_extension(extension_path())
+    return c
+
+
+@contextmanager
+def isa(name: str | None):
+    old = os.environ.get("SCAP_OV_ISA")
+    if name is None:
+        os.environ.pop("SCAP_OV_ISA", None)
+    else:
+        os.environ["SCAP_OV_ISA"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SCAP_OV_ISA", None)
+        else:
+            os.environ["SCAP_OV_ISA"] = old
+
+
+# --------------------------------------------------------------------------------------------------------
+# case generation: weights in the NNCF / OpenVINO layout, packed by scap_ov.packing
+# --------------------------------------------------------------------------------------------------------
+
+class Case:
+    """One FC: the oracle's view (dense float64 [OC, IC] and magnitude bound) and the packed weights."""
+
+    def __init__(self, rng: np.random.Generator, wtype: str, ic: int, oc: int, group: int | None,
+                 scale_f16: bool = True):
+        self.wtype, self.ic, self.oc = wtype, ic, oc
+        if wtype in packing.FLOAT_TYPES:
+            w = rng.standard_normal((oc, ic)).astype(np.float32)
+            if wtype == "f16":
+                w = w.astype(np.float16).astype(np.float32)
+            elif wtype == "bf16":
+                w = packing.bf16_bits_to_f32(packing.f32_to_bf16_bits(w))
+            self.packed = packing.pack_float(w, wtype)
+            self.wdeq = w.astype(np.float64)
+            self.wmag = np.abs(self.wdeq)
+            return
+        lo, hi = {"i8": (-128, 127), "u8": (0, 255), "i4": (-8, 7), "u4": (0, 15)}[wtype]
+        g = ic if group is None else group
+        ng = ic // g
+        wq = rng.integers(lo, hi + 1, size=(oc, ng, g))
+        sdt = np.float16 if scale_f16 else np.float32
+        scale = (rng.uniform(0.001, 0.1, size=(oc, ng, 1)) * rng.choice([-1, 1], size=(oc, ng, 1))).astype(sdt)
+        zp = rng.integers(lo, hi + 1, size=(oc, ng, 1)) if wtype in ("u8", "u4") else None
+        if group is None:  # per-output-channel: NNCF keeps [OC, IC] and [OC, 1]
+            self.packed = packing.pack_compressed(wq.reshape(oc, ic), scale.reshape(oc, 1),
+                                                  None if zp is None else zp.reshape(oc, 1), wtype, sdt)
+        else:
+            self.packed = packing.pack_compressed(wq, scale, zp, wtype, sdt)
+        s64 = scale.astype(np.float64)
+        wz = wq - (0 if zp is None else zp)
+        self.wdeq = (wz * s64).reshape(oc, ic)
+        self.wmag = ((np.abs(wq) + (0 if zp is None else np.abs(zp))) * np.abs(s64)).reshape(oc, ic)
+
+
+def oracle(x: np.ndarray, case: Case, mode, thr, bias):
+    """float64 oracle: y = where(|x - m| > tau, x - m, 0) @ Wdeq^T + bias, plus an error bound."""
+    # centring and the keep decision in float32, exactly as the op does them; the product in float64
+    with np.errstate(invalid="ignore"):
+        d = x.reshape(-1, case.ic).astype(np.float32) - np.asarray(mode, np.float32)
+        keep = np.abs(d) > np.asarray(thr, np.float32)
+    dd = np.where(keep, d, 0.0).astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = dd @ case.wdeq.T
+        bound = np.abs(dd) @ case.wmag.T
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return y.reshape(*x.shape[:-1], case.oc), bound.reshape(*x.shape[:-1], case.oc), keep
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, bound: np.ndarray, what: str, rtol=1e-4):
+    fin = np.isfinite(want) & np.isfinite(bound)
+    assert got.shape == want.shape, what
+    # where the exact result is Inf / NaN (an Inf activation was kept) the kernel must not be finite either
+    assert not np.isfinite(got[~fin]).any(), f"{what}: finite output where the oracle is not"
+    err = np.abs(got[fin].astype(np.float64) - want[fin])
+    tol = rtol * bound[fin] + 1e-5
+    bad = err > tol
+    assert not bad.any(), (f"{what}: {bad.sum()} of {bad.size} outputs off; max err {err.max():.3g}, "
+                           f"worst at err {err[bad][0]:.3g} tol {tol[bad][0]:.3g}")
+
+
+def build_model(case: Case, x_shape, mode, thr, bias) -> ov.Model:
+    x = ov.op.Parameter(ov.Type.f32, ov.PartialShape(x_shape))
+    y = ops.make_scap_fc(x.output(0), case.packed, mode, thr, bias, native=True)
+    return ov.Model([y], [x], "scap_fc")
+
+
+def compile_model(core, model, threads: int):
+    return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+
+
+def run_all_isas(compiled, x: np.ndarray) -> dict[str, np.ndarray]:
+    req = compiled.create_infer_request()
+    out = {}
+    for name in ISAS:
+        with isa(name):
+            out[name] = req.infer([x])[0].copy()
+    return out
+
+
+def threshold_for(rng, d_abs: np.ndarray, sparsity: float, vector: bool, ic: int):
+    flat = d_abs[np.isfinite(d_abs)]
+    if flat.size == 0:
+        return np.float32(0.0)
+    if vector:
+        qs = np.clip(sparsity + rng.uniform(-0.1, 0.1, size=ic), 0.0, 1.0)
+        return np.quantile(flat, qs).astype(np.float32)
+    return np.float32(np.quantile(flat, sparsity))
+
+
+def check_case(core, rng, wtype, ic, oc, group, m_tokens, sparsity, vec_mode, vec_thr, nonfinite,
+               threads, with_bias, scale_f16=True, dynamic=True, lead=()):
+    case = Case(rng, wtype, ic, oc, group, scale_f16)
+    x = rng.standard_normal((*lead, m_tokens, ic)).astype(np.float32)
+    if nonfinite and x.size >= 3:
+        flat = x.reshape(-1)
+        pos = rng.choice(flat.size, size=3, replace=False)
+        flat[pos] = [np.nan, np.inf, -np.inf]
+    mode = (rng.standard_normal(ic) * 0.1).astype(np.float32) if vec_mode else np.float32(rng.standard_normal() * 0.1)
+    thr = threshold_for(rng, np.abs(x.reshape(-1, ic) - mode), sparsity, vec_thr, ic)
+    if sparsity <= 0.0:  # nothing pruned (x is continuous: no exact zeros after centring)
+        thr = np.zeros(ic, np.float32) if vec_thr else np.float32(0.0)
+    if sparsity >= 1.0:  # everything pruned
+        big = np.finfo(np.float32).max
+        thr = np.full(ic, big, np.float32) if vec_thr else np.float32(big)
+    bias = rng.standard_normal(oc).astype(np.float32) if with_bias else None
+    x_shape = [-1] * (x.ndim - 1) + [ic] if dynamic else list(x.shape)
+    compiled = compile_model(core, build_model(case, x_shape, mode, thr, bias), threads)
+    want, bound, keep = oracle(x, case, mode, thr, bias)
+    outs = run_all_isas(compiled, x)
+    tag = f"{wtype} IC={ic} OC={oc} g={group} M={m_tokens} s={sparsity:.2f} thr={threads}"
+    for name, got in outs.items():
+        assert got.shape == (*x.shape[:-1], oc)
+        assert_close(got, want, bound, f"{tag} [{name} vs oracle]")
+        if name != "scalar":
+            assert_close(got, outs["scalar"].astype(np.float64), bound, f"{tag} [{name} vs scalar]")
+    return keep
+
+
+# --------------------------------------------------------------------------------------------------------
+# property tests
+# --------------------------------------------------------------------------------------------------------
+
+IC_CHOICES = [1, 3, 17, 31, 64, 96, 100, 128, 130, 192, 256, 257, 320, 384]
+
+
+@st.composite
+def fc_cases(draw, wtype):
+    ic = draw(st.one_of(st.sampled_from(IC_CHOICES), st.integers(1, 300)))
+    oc = draw(st.one_of(st.integers(1, 80), st.integers(100, 260)))
+    if wtype in ("i4", "u4"):
+        oc += oc % 2
+    group = None
+    if wtype not in packing.FLOAT_TYPES:
+        options = [None] + [g for g in (32, 64, 128) if ic % g == 0 and g < ic]
+        group = draw(st.sampled_from(options))
+    return dict(
+        ic=ic, oc=oc, group=group,
+        m_tokens=draw(st.sampled_from([1, 2, 3, 17, 64])),
+        sparsity=draw(st.one_of(st.sampled_from([0.0, 0.5, 0.7, 0.9, 1.0]), st.floats(0.0, 1.0))),
+        vec_mode=draw(st.booleans()), vec_thr=draw(st.booleans()),
+        nonfinite=draw(st.booleans()), threads=draw(st.sampled_from([1, 2])),
+        with_bias=draw(st.booleans()), scale_f16=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_cases_match_oracle_and_scalar(core, wtype, data):
+    p = data.draw(fc_cases(wtype))
+    rng = np.random.default_rng(p.pop("seed"))
+    check_case(core, rng, wtype, **p)
+
+
+# --------------------------------------------------------------------------------------------------------
+# deterministic edge cases
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+@pytest.mark.parametrize("sparsity", [0.0, 1.0])
+def test_none_and_all_pruned(core, wtype, sparsity):
+    rng = np.random.default_rng(7)
+    group = 64 if wtype not in packing.FLOAT_TYPES else None
+    keep = check_case(core, rng, wtype, 256, 130, group, 3, sparsity, False, False, False, 2, True)
+    if sparsity == 0.0:
+        assert keep.all()
+    else:
+        assert not keep.any()
+
+
+def test_all_pruned_gives_bias(core):
+    rng = np.random.default_rng(1)
+    case = Case(rng, "u4", 128, 64, 32)
+    bias = rng.standard_normal(64).astype(np.float32)
+    compiled = compile_model(core, build_model(case, [-1, 128], 0.0, 1e30, bias), 2)
+    x = rng.standard_normal((5, 128)).astype(np.float32)
+    for name, got in run_all_isas(compiled, x).items():
+        np.testing.assert_array_equal(got, np.broadcast_to(bias, (5, 64)), err_msg=name)
+
+
+@pytest.mark.parametrize("m_tokens", [1, 2, 3, 4, 5, 8, 9, 17, 64])
+@pytest.mark.parametrize("wtype", ["f32", "i4", "u8"])
+def test_token_counts_and_leading_dims(core, wtype, m_tokens):
+    rng = np.random.default_rng(m_tokens)
+    group = 32 if wtype != "f32" else None
+    check_case(core, rng, wtype, 192, 200, group, m_tokens, 0.5, True, True, True, 2, True, lead=(1,))
+    check_case(core, rng, wtype, 192, 200, group, m_tokens, 0.5, False, False, False, 1, False,
+               dynamic=False, lead=(2,))
+
+
+def test_nan_pruned_inf_kept(core):
+    rng = np.random.default_rng(3)
+    case = Case(rng, "f32", 16, 8, None)
+    compiled = compile_model(core, build_model(case, [1, 16], 0.0, 0.5, None), 1)
+    x = np.zeros((1, 16), np.float32)
+    x[0, 0] = np.nan
+    x[0, 1] = 2.0
+    for name, got in run_all_isas(compiled, x).items():
+        np.testing.assert_allclose(got[0], 2.0 * case.wdeq[:, 1], rtol=1e-6, err_msg=name)
+    x[0, 2] = np.inf
+    for name, got in run_all_isas(compiled, x).items():
+        assert not np.isfinite(got).any(), name
+
+
+@pytest.mark.parametrize("wtype", WEIGHT_TYPES)
+def test_larger_layer_all_paths(core, wtype):
+    """A layer big enough for full SIMD tiles, several k-blocks of the dense path and a 2-thread split."""
+    rng = np.random.default_rng(11)
+    group = 128 if wtype not in packing.FLOAT_TYPES else None
+    for m_tokens in (1, 4, 33):
+        check_case(core, rng, wtype, 640, 390, group, m_tokens, 0.6, False, True, False, 2, True)
+
+
+def test_twin_save_read_roundtrip(core, tmp_path):
+    """Python twin -> ov.save_model -> read_model with the extension -> compile -> same numbers."""
+    rng = np.random.default_rng(5)
+    case = Case(rng, "u4", 256, 96, 64)
+    mode = (rng.standard_normal(256) * 0.05).astype(np.float32)
+    thr = np.float32(0.6)
+    bias = rng.standard_normal(96).astype(np.float32)
+    x = ov.op.Parameter(ov.Type.f32, ov.PartialShape([-1, -1, 256]))
+    y = ops.make_scap_fc(x.output(0), case.packed, mode, thr, bias)
+    assert isinstance(y.get_node(), ops.SCAPFullyConnected)
+    assert list(y.get_partial_shape()[2:]) == [ov.Dimension(96)]
+    model = ov.Model([y], [x], "twin")
+    path = tmp_path / "twin.xml"
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    xml = path.read_text()
+    assert 'type="SCAPFullyConnected"' in xml and 'version="extension"' in xml and 'schema_version="1"' in xml
+    read = core.read_model(str(path))
+    fc = [n for n in read.get_ops() if n.get_type_name() == "SCAPFullyConnected"]
+    assert len(fc) == 1 and not isinstance(fc[0], ops.SCAPFullyConnected)
+    assert fc[0].input_value(1).get_element_type() == ov.Type.u4  # still the packed integer constant
+    compiled = compile_model(core, read, 2)
+    xv = rng.standard_normal((2, 3, 256)).astype(np.float32)
+    got = compiled([xv])[0]
+    want, bound, _ = oracle(xv, case, mode, thr, bias)
+    assert_close(got, want, bound, "round trip")
+    native = compile_model(core, build_model(case, [-1, -1, 256], mode, thr, bias), 2)
+    np.testing.assert_allclose(got, native([xv])[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("wtype", ["f16", "bf16", "i4", "u4", "u8"])
+def test_compiled_model_keeps_packed_weight_types(core, wtype):
+    """The CPU plugin must hand evaluate() the packed constants (no f16->f32 or u4->u8 copy of the weights)."""
+    rng = np.random.default_rng(2)
+    case = Case(rng, wtype, 128, 64, 32 if wtype not in packing.FLOAT_TYPES else None)
+    compiled = compile_model(core, build_model(case, [-1, 128], 0.0, 0.1, None), 1)
+    ref = [n for n in compiled.get_runtime_model().get_ops() if n.get_rt_info()["layerType"].astype(str) == "Reference"]
+    assert len(ref) == 1
+    assert ref[0].input(1).get_element_type() == case.packed.ov_type
+    if case.packed.scales is not None:
+        assert ref[0].input(2).get_element_type() == ov.Type.f16
+    if case.packed.zero_points is not None:
+        assert ref[0].input(3).get_element_type() == case.packed.ov_type
+
+
+def test_long_prompt_is_processed_in_blocks(core):
+    """More tokens than one dense block (256): every block must be computed and written."""
+    rng = np.random.default_rng(9)
+    check_case(core, rng, "u4", 96, 50, 32, 600, 0.5, True, False, False, 2, True)
+
+
+def test_rank1_and_empty_token_inputs(core):
+    rng = np.random.default_rng(4)
+    case = Case(rng, "i8", 40, 24, None)
+    compiled = compile_model(core, build_model(case, [40], 0.0, 0.3, None), 1)
+    x = rng.standard_normal(40).astype(np.float32)
+    want, bound, _ = oracle(x[None], case, 0.0, 0.3, None)
+    got = compiled([x])[0]
+    assert got.shape == (24,)
+    assert_close(got[None], want, bound, "rank-1 x")
+    compiled = compile_model(core, build_model(case, [-1, 40], 0.0, 0.3, None), 1)
+    assert compiled([np.zeros((0, 40), np.float32)])[0].shape == (0, 24)
