@@ -168,3 +168,33 @@ def test_exported_fused_ir_runs_with_the_extension_and_matches_portable(scap_fol
     assert np.mean(logits[0].argmax(-1) == logits[1].argmax(-1)) >= 0.7  # see test_fused_ir_equals_portable_ir
     fused_bin = (scap_folder / "openvino_model.bin").stat().st_size
     assert fused_bin <= 1.1 * (dense_folder / "openvino_model.bin").stat().st_size
+
+
+def test_optimum_intel_loads_and_generates_the_fused_model(scap_folder):
+    from optimum.intel import OVModelForCausalLM
+    from transformers import AutoTokenizer
+
+    from scap_ov.integrations import enable_optimum_intel
+
+    assert "optimum.intel.openvino.modeling_base" in enable_optimum_intel()
+    model = OVModelForCausalLM.from_pretrained(scap_folder, ov_config=F32)
+    assert sum(op.get_type_name() == "SCAPFullyConnected" for op in model.model.get_ops()) == 210
+    tokenizer = AutoTokenizer.from_pretrained(scap_folder)
+    inputs = tokenizer("It is a truth universally acknowledged, that", return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 8
+    assert tokenizer.decode(out[0, inputs["input_ids"].shape[1]:]).strip()
+
+
+def test_genai_pipeline_loads_and_generates_with_the_extension(scap_folder):
+    import openvino_genai
+
+    from scap_ov.integrations import genai_extensions
+
+    pipe = openvino_genai.LLMPipeline(str(scap_folder), "CPU", extensions=genai_extensions(),
+                                      INFERENCE_PRECISION_HINT="f32")
+    config = openvino_genai.GenerationConfig()
+    config.max_new_tokens = 8
+    config.do_sample = False
+    text = pipe.generate("It is a truth universally acknowledged, that", config)
+    assert isinstance(text, str) and text.strip()
