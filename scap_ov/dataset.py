@@ -26,7 +26,8 @@ def load_texts(source: str | None, default_novels: tuple[str, ...]) -> list[str]
                 raise ScapError(f"{source} must hold a JSON list of strings")
             return data
         return [path.read_text(errors="replace")]
-    if path.suffix in (".txt", ".json") or path.parent != Path("."):
+    # "owner/name" is a Hugging Face dataset; anything that looks like a file path is a missing file.
+    if path.suffix in (".txt", ".json") or source.startswith(("/", ".", "~")):
         raise ScapError(f"text file {source} does not exist")
     return _hf_dataset_texts(source)
 

@@ -29,9 +29,14 @@ def test_bad_json_texts(tmp_path, content, message):
         load_texts(str(tmp_path / "t.json"), ())
 
 
-def test_missing_text_file_is_not_mistaken_for_a_dataset(tmp_path):
+def test_missing_text_file_is_not_mistaken_for_a_dataset(tmp_path, monkeypatch):
     with pytest.raises(ScapError, match="does not exist"):
         load_texts(str(tmp_path / "gone.txt"), ())
+    with pytest.raises(ScapError, match="does not exist"):
+        load_texts(str(tmp_path / "folder" / "notes"), ())
+    asked = []
+    monkeypatch.setattr("scap_ov.dataset._hf_dataset_texts", lambda name: asked.append(name) or ["hub text"])
+    assert load_texts("allenai/c4", ()) == ["hub text"] and asked == ["allenai/c4"]
 
 
 def test_windows_are_non_overlapping_and_capped():
