@@ -13,11 +13,11 @@ from tqdm.auto import tqdm
 
 from scap_ov.dataset import model_inputs
 from scap_ov.layers import find_fcs, module_name
+from scap_ov.transformations.portable import KEEP_SUFFIX
 
 # Numbers are compared at f32: the CPU plugin would otherwise run bf16 here and quantize activations of
 # compressed-weight FCs on the fly.
 EVAL_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
-KEEP_SUFFIX = "/scap/keep"
 _SPARSITY_OUTPUT = "scap_sparsity:"
 
 

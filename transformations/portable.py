@@ -19,8 +19,10 @@ from scap_ov.errors import ScapError
 from scap_ov.layers import FC, find_fcs
 
 RT_INFO_KEY = "scap_ov"  # model rt_info: artifact summary, so a saved IR says what produced it
-# Input 0 of the node named <matmul>/scap/centered is the FC's original (unpruned) input.
-KEEP_INPUT_SUFFIX = "/scap/centered"
+# Node-name suffixes other code looks for: input 0 of <matmul>/scap/centered is the FC's original (unpruned)
+# input; <matmul>/scap/keep is the keep mask.
+CENTERED_SUFFIX = "/scap/centered"
+KEEP_SUFFIX = "/scap/keep"
 
 
 def _as_f32(values, in_features: int, what: str, fc: FC) -> np.ndarray:

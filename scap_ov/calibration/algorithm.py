@@ -14,6 +14,7 @@ from scap_ov.calibration import statistics
 from scap_ov.config import CalibrationConfig
 from scap_ov.dataset import calibration_dataset
 from scap_ov.layers import FC, require_fcs
+from scap_ov.transformations.portable import CENTERED_SUFFIX, apply_portable
 
 # The reference picks among KDE peaks fitted on 100k/200k/300k-value subsamples; Scott's factor n^-1/5
 # with bw_adjust 0.5 gives these bandwidths, in units of the data's standard deviation.
@@ -70,8 +71,6 @@ def calibrate(model: ov.Model, windows: np.ndarray, config: CalibrationConfig,
     from the dense model overshoot their target), so each refinement pass re-observes every FC input in
     the model pruned with the current thresholds and re-solves tau, keeping the modes.
     """
-    from scap_ov.transformations.portable import KEEP_INPUT_SUFFIX, apply_portable
-
     config.validate()
     fcs = require_fcs(model, layer_patterns)
     input_names = {name for port in model.inputs for name in port.get_names()}
@@ -83,7 +82,7 @@ def calibrate(model: ov.Model, windows: np.ndarray, config: CalibrationConfig,
             "refine_passes": config.refine_passes}
     for _ in range(config.refine_passes):
         pruned = apply_portable(model.clone(), Artifact(fcs=entries), layer_patterns)
-        observed = {fc.name: fc.node_name + KEEP_INPUT_SUFFIX for fc in fcs}
+        observed = {fc.name: fc.node_name + CENTERED_SUFFIX for fc in fcs}
         stats = statistics.collect(pruned, observed, dataset, len(windows), reservoir_rows=0)
         entries = _thresholds(fcs, stats, config, modes={e.name: e.mode for e in entries})
     return Artifact(fcs=entries, model=model_id, calibration=info)
