@@ -16,6 +16,7 @@ from scap_ov.layers import LAYER_TYPES
 
 SCHEMA = "scap-ov/calibration"
 SCHEMA_VERSION = 1
+ARTIFACT_NAME = "scap_calibration.json"  # its file name in an exported model folder
 
 
 @dataclass

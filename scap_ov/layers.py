@@ -78,11 +78,16 @@ def find_fcs(model: ov.Model, patterns: dict[str, str] | None = None) -> list[FC
     return fcs
 
 
+def weighted_matmuls(model: ov.Model) -> list[tuple[ov.Node, WeightChain]]:
+    """Every MatMul of ``model`` whose second input is a (possibly decompressed) constant, with its chain."""
+    pairs = [(node, match_weight_chain(node)) for node in model.get_ordered_ops() if node.get_type_name() == "MatMul"]
+    return [(node, chain) for node, chain in pairs if chain is not None]
+
+
 def require_fcs(model: ov.Model, patterns: dict[str, str] | None = None) -> list[FC]:
     fcs = find_fcs(model, patterns)
     if not fcs:
-        weighted = [module_name(n.get_friendly_name()) for n in model.get_ordered_ops()
-                    if n.get_type_name() == "MatMul" and match_weight_chain(n) is not None]
+        weighted = [module_name(n.get_friendly_name()) for n, _ in weighted_matmuls(model)]
         shown = ", ".join(weighted[:8]) + (" ..." if len(weighted) > 8 else "")
         raise ScapError(f"no FC layer matches the layer patterns; weighted MatMuls found: {shown or 'none'}. "
                         "Pass layer patterns explicitly (--layers TYPE=REGEX)")

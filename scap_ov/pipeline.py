@@ -16,18 +16,19 @@ import numpy as np
 import openvino as ov
 
 from scap_ov import assets
-from scap_ov.artifact import Artifact
+from scap_ov.artifact import ARTIFACT_NAME, Artifact
 from scap_ov.calibration import calibrate
+from scap_ov.compression import WeightFormat, config_fc_channels
 from scap_ov.config import CalibrationConfig
 from scap_ov.dataset import load_texts, token_windows
 from scap_ov.errors import ScapError
-from scap_ov.export import IR_XML, copy_side_files, dense_ir
+from scap_ov.export import IR_XML, copy_side_files, dense_ir, is_ir_folder
 from scap_ov.fsutil import atomic_output_dir, check_output_dir
+from scap_ov.layers import weighted_matmuls
 from scap_ov.transformations.fuse_cpu import apply_fusion
 from scap_ov.transformations.portable import apply_portable
 
 log = logging.getLogger("scap_ov")
-ARTIFACT_NAME = "scap_calibration.json"
 PORTABLE_XML = "openvino_model_portable.xml"
 
 @dataclass
@@ -35,6 +36,7 @@ class ExportResult:
     output: Path
     artifact: Artifact
     dense_ir: Path
+    weight_format: str  # of the FC weights in the written IRs, e.g. fp32, int4_asym_g64
 
 def load_tokenizer(folder: Path):
     from transformers import AutoTokenizer
@@ -52,22 +54,33 @@ def calibration_texts(source: str | None) -> list[str]:
 
 def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: CalibrationConfig | None = None,
                 calibration_data: str | None = None, artifact: Path | None = None, overwrite: bool = False,
-                layer_patterns: dict[str, str] | None = None) -> ExportResult:
+                layer_patterns: dict[str, str] | None = None,
+                weight_format: WeightFormat | None = None) -> ExportResult:
+    """Export ``model`` with SCAP; ``weight_format`` compresses its weights first (None keeps them as stored,
+    which is how an already-compressed IR folder is exported)."""
     config = (config or CalibrationConfig()).validate()
+    weight_format = weight_format.validate() if weight_format else None
     output = Path(output)
     check_output_dir(output, overwrite)  # fail before any long work
     fixed = Artifact.load(artifact) if artifact else None
     texts = None if fixed else calibration_texts(calibration_data)
+    if weight_format and not is_ir_folder(Path(model)):  # check the group size before the optimum export
+        weight_format = weight_format.check_channels(config_fc_channels(assets.resolve_model(model)))
     ir_folder = dense_ir(model)
     windows = None if fixed else token_windows(load_tokenizer(ir_folder), texts, config.seq_len, config.samples,
                                                "calibration")
 
     ov_model = ov.Core().read_model(ir_folder / IR_XML)
+    ov_model, stored = compress_weights(ov_model, weight_format)
     if fixed is None:
-        log.info("calibrating on %d windows x %d tokens (%d refinement passes)", len(windows), windows.shape[1],
-                 config.refine_passes)
+        log.info("calibrating on %d windows x %d tokens (%d refinement passes), %s weights", len(windows),
+                 windows.shape[1], config.refine_passes, stored)
         fixed = calibrate(ov_model, windows, config, layer_patterns, model_id=str(model),
                           data_id=calibration_data or "austen:" + "+".join(assets.CALIBRATION_NOVELS))
+        fixed.calibration["weight_format"] = stored
+    elif fixed.calibration.get("weight_format", stored) != stored:
+        log.warning("the artifact was calibrated on %s weights, this model has %s weights",
+                    fixed.calibration["weight_format"], stored)
     apply_portable(ov_model, fixed, layer_patterns)
     log.info("writing portable and fused IRs to %s", output)
     with atomic_output_dir(output, overwrite) as tmp:
@@ -77,7 +90,34 @@ def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: Calibra
         ov.save_model(ov_model, tmp / IR_XML, compress_to_fp16=False)
         fixed.save(tmp / ARTIFACT_NAME)
         copy_side_files(ir_folder, tmp)
-    return ExportResult(output=output, artifact=fixed, dense_ir=ir_folder)
+    return ExportResult(output=output, artifact=fixed, dense_ir=ir_folder, weight_format=stored)
+
+
+def compress_weights(model: ov.Model, weight_format: WeightFormat | None) -> tuple[ov.Model, str]:
+    """``model`` with its weights in ``weight_format``, and the name of the FC weight format it now has.
+
+    Only a float32 model is compressed: an IR whose FC weights are already compressed or f16 is exported as
+    stored (``weight_format`` None), never re-quantized.
+    """
+    stored = stored_weight_format(model)
+    if weight_format is None or weight_format.name == stored:
+        return model, stored
+    if stored != "fp32":
+        raise ScapError(f"the model's FC weights are already {stored}; export it without --weight-format to "
+                        f"keep them, or start from the float32 model to get {weight_format.name}")
+    weight_format = weight_format.check_channels(chain.dense_shape()[1] for _, chain in weighted_matmuls(model))
+    log.info("compressing weights to %s", weight_format.describe())
+    model = weight_format.apply(model)
+    return model, stored_weight_format(model)
+
+
+def stored_weight_format(model: ov.Model) -> str:
+    """fp32 | fp16 | bf16 | int8_asym | int4_sym_g64 ...: the format most FC weights of ``model`` are stored in."""
+    names = [chain.format_name() for _, chain in weighted_matmuls(model)]
+    if not names:
+        raise ScapError("the model has no MatMul with constant weights")
+    name = max(set(names), key=names.count)
+    return {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}.get(name, name)
 
 
 def evaluate_folder(folder: Path, text: str | None = None, windows: int = 32, seq_len: int = 512,

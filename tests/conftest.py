@@ -44,12 +44,11 @@ def tiny_block_model(hidden: int = 64, inter: int = 96, blocks: int = 2, seed: i
 
 
 def compress(model: ov.Model, mode: str, group_size: int = -1) -> ov.Model:
-    import nncf
+    """NNCF weight compression as export does it; ``mode`` is an NNCF mode name such as INT4_SYM."""
+    from scap_ov.compression import WeightFormat
 
-    if mode.startswith("INT8"):  # per-channel only; NNCF refuses the INT4-only options here
-        return nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, mode))
-    return nncf.compress_weights(model, mode=getattr(nncf.CompressWeightsMode, mode), group_size=group_size,
-                                 ratio=1.0, all_layers=True)
+    bits, kind = mode.lower().split("_")
+    return WeightFormat(bits, group_size if bits == "int4" else None, kind == "sym").apply(model)
 
 
 def run(model: ov.Model, x: np.ndarray, core: ov.Core | None = None) -> np.ndarray:

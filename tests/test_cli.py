@@ -17,6 +17,13 @@ FAST_FAILURES = [
     (["--samples", "0"], "--samples must be >= 1"),
     (["--refine-passes", "9"], "--refine-passes must lie in [0, 5]"),
     (["--calibration-data", "/no/such/text.txt"], "text file /no/such/text.txt does not exist"),
+    (["--weight-format", "int8", "--group-size", "64"], "--group-size applies to int4 weights only"),
+    (["--weight-format", "fp16", "--sym"], "--sym applies to int8 and int4 weights, not fp16"),
+    (["--sym"], "--group-size and --sym need --weight-format int8 or int4"),
+    (["--weight-format", "int4", "--group-size", "0"], "--group-size must be -1 (per output channel) or >= 2"),
+    # checked against the packaged model's config before the (cached) optimum export and calibration
+    (["--weight-format", "int4", "--group-size", "128"],
+     "--group-size 128 does not divide the FC input channels 576; 64 divides all of them"),
 ]
 
 
@@ -36,6 +43,14 @@ def test_export_bad_arguments(tmp_path, capsys, extra, message):
     code, err = _run(["export", "--output", str(tmp_path / "out"), *extra], capsys)
     assert code == 2
     assert err.startswith("scap-ov: error: ") and message in err and "\n" not in err
+    _assert_no_output(tmp_path)
+
+
+def test_unknown_weight_format_is_an_argument_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--output", str(tmp_path / "out"), "--weight-format", "nf4"])
+    assert exit_info.value.code == 2
+    assert "argument --weight-format: invalid choice: 'nf4'" in capsys.readouterr().err
     _assert_no_output(tmp_path)
 
 

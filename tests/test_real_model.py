@@ -1,4 +1,6 @@
 """The real packaged model (SmolLM2-135M-Instruct) end to end: slow, run in CI."""
+import json
+
 import numpy as np
 import openvino as ov
 import pytest
@@ -6,10 +8,12 @@ import pytest
 from conftest import F32
 from scap_ov import assets
 from scap_ov.cli import main
+from scap_ov.compression import WeightFormat
 from scap_ov.config import CalibrationConfig, parse_targets
 from scap_ov.dataset import load_texts, model_inputs, token_windows
 from scap_ov.export import IR_XML, dense_ir
-from scap_ov.pipeline import ARTIFACT_NAME, PORTABLE_XML, evaluate_folder, export_scap, load_tokenizer
+from scap_ov.artifact import ARTIFACT_NAME
+from scap_ov.pipeline import PORTABLE_XML, evaluate_folder, export_scap, load_tokenizer
 
 pytestmark = pytest.mark.slow
 TARGET = 0.4
@@ -50,18 +54,39 @@ def test_scap_quality_is_close_to_dense_and_cloze_is_real(scap_folder, dense_fol
     assert dense.cloze_accuracy > 0.1 and dense.cloze_items == 40
 
 
-def test_dense_equivalence_at_sparsity_zero(tmp_path, dense_folder):
-    out = tmp_path / "scap0"
+@pytest.fixture(scope="module")
+def scap0_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("real") / "scap0"
     export_scap(out, config=CalibrationConfig(targets=parse_targets(0.0), samples=2, refine_passes=0))
+    return out
+
+
+def test_dense_equivalence_at_sparsity_zero(scap0_folder, dense_folder):
     window = _windows(dense_folder, count=1, seq_len=64)[0]
     core = ov.Core()
     logits = []
-    for path in (dense_folder / IR_XML, out / PORTABLE_XML):
+    for path in (dense_folder / IR_XML, scap0_folder / PORTABLE_XML):
         compiled = core.compile_model(core.read_model(path), "CPU", F32)
         request = compiled.create_infer_request()
         request.infer(model_inputs(window))
         logits.append(request.get_tensor("logits").data.copy())
     assert np.abs(logits[0] - logits[1]).max() <= 1e-4
+
+
+def test_greedy_tokens_of_the_fused_model_at_sparsity_zero_equal_dense(scap0_folder, dense_folder):
+    import openvino_genai
+
+    from scap_ov.integrations import llm_pipeline
+
+    config = openvino_genai.GenerationConfig()
+    config.max_new_tokens = 24
+    config.do_sample = False
+    dense = openvino_genai.LLMPipeline(str(dense_folder), "CPU", INFERENCE_PRECISION_HINT="f32")
+    scap = llm_pipeline(scap0_folder, INFERENCE_PRECISION_HINT="f32")
+    for prompt in ("It is a truth universally acknowledged, that", "The capital of France is",
+                   "Once upon a time, in a small village,"):
+        expected = dense.generate(prompt, config)
+        assert scap.generate(prompt, config) == expected and expected.strip(), prompt
 
 
 def test_openvino_dense_perplexity_matches_torch(dense_folder):
@@ -198,3 +223,49 @@ def test_genai_pipeline_loads_and_generates_with_the_extension(scap_folder):
     config.do_sample = False
     text = pipe.generate("It is a truth universally acknowledged, that", config)
     assert isinstance(text, str) and text.strip()
+
+
+WEIGHT_FORMATS = [(WeightFormat("fp16"), "fp16"), (WeightFormat("int8", sym=True), "int8_sym"),
+                  (WeightFormat("int4"), "int4_asym_g64")]
+
+
+@pytest.mark.parametrize("weight_format, stored", WEIGHT_FORMATS, ids=[s for _, s in WEIGHT_FORMATS])
+def test_export_with_weight_compression(tmp_path, dense_folder, weight_format, stored):
+    """Compressed before calibration; both IRs keep the compressed weights (one copy); genai generates."""
+    import openvino_genai
+
+    from scap_ov.integrations import llm_pipeline
+    from scap_ov.pipeline import stored_weight_format
+
+    out = tmp_path / stored
+    result = export_scap(out, config=CalibrationConfig(samples=4, seq_len=128), weight_format=weight_format)
+    assert result.weight_format == stored
+    assert json.loads((out / ARTIFACT_NAME).read_text())["calibration"]["weight_format"] == stored
+    assert stored_weight_format(ov.Core().read_model(out / PORTABLE_XML)) == stored
+    assert (out / IR_XML).read_text().count('type="SCAPFullyConnected"') == 210
+    fused_bytes = (out / "openvino_model.bin").stat().st_size
+    assert fused_bytes <= 1.02 * (out / "openvino_model_portable.bin").stat().st_size
+    assert fused_bytes < {"fp16": 0.55, "int8_sym": 0.3, "int4_asym_g64": 0.2}[stored] * (
+        dense_folder / "openvino_model.bin").stat().st_size
+    config = openvino_genai.GenerationConfig()
+    config.max_new_tokens = 8
+    config.do_sample = False
+    pipe = llm_pipeline(out, INFERENCE_PRECISION_HINT="f32")
+    assert pipe.generate("It is a truth universally acknowledged, that", config).strip()
+
+
+def test_pre_quantized_ir_folder_is_exported_as_stored(tmp_path, scap_folder, dense_folder, capsys):
+    from scap_ov.export import copy_side_files
+
+    source = tmp_path / "int8"
+    source.mkdir()
+    ov.save_model(WeightFormat("int8").apply(ov.Core().read_model(dense_folder / IR_XML)), source / IR_XML)
+    copy_side_files(dense_folder, source)
+    result = export_scap(tmp_path / "out", model=str(source), artifact=scap_folder / ARTIFACT_NAME)
+    assert result.weight_format == "int8_asym"
+    assert (tmp_path / "out" / IR_XML).read_text().count('type="SCAPFullyConnected"') == 210
+    code = main(["export", "--output", str(tmp_path / "again"), "--model", str(source), "--weight-format", "int4",
+                 "--artifact", str(scap_folder / ARTIFACT_NAME)])
+    assert code == 2 and "FC weights are already int8_asym; export it without --weight-format" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
