@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import write_json
+
 
 def one_run(samples: int, seq_len: int) -> dict:
     import openvino as ov
@@ -52,7 +54,7 @@ def main() -> None:
         records.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(records[-1])
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"benchmark": "calibration_cost", "records": records}, indent=1))
+    write_json(args.json, {"benchmark": "calibration_cost", "records": records})
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
+from common import cpu_name, write_json
+
 try:
     from scap_ov import ops, packing
     from scap_ov.extension import extension_path
@@ -271,23 +273,13 @@ def run(args) -> dict:
             del layers, probe
     return dict(
         meta=dict(openvino=ov.get_version(), threads=threads, quick=args.quick, machine=platform.processor() or platform.machine(),
-                  cpu=_cpu_name(), isa=os.environ.get("SCAP_OV_ISA", "auto"),
+                  cpu=cpu_name(), isa=os.environ.get("SCAP_OV_ISA", "auto"),
                   dense_config=dict(cfg, DYNAMIC_QUANTIZATION_GROUP_SIZE=dyn_q,
                                     note="OpenVINO defaults for compressed weights (dynamic quantization as reported)"),
                   working_set_mib=args.working_set_mib, dynamic_shape_overhead_us=round(dyn_overhead, 1), elapsed_s=round(time.time() - t_start, 1),
                   ceiling_method="OpenVINO ReduceSum(axis=1) over a [32768, 4096] f32 input (512 MiB), same threads, best of 7"),
         rows=rows,
     )
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def plot(result: dict, png: Path) -> None:
@@ -336,7 +328,7 @@ def main(argv=None) -> int:
     args.working_set_mib = args.working_set_mib or (64 if args.quick else 160)
     result = run(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1))
+    write_json(args.json, result)
     try:
         plot(result, args.json.with_suffix(".png"))
     except Exception as exc:  # noqa: BLE001 - a plotting failure must not lose the measurements

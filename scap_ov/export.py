@@ -14,7 +14,8 @@ IR_XML = "openvino_model.xml"
 # Files of an optimum-intel model folder besides the IR itself.
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "chat_template.jinja", "openvino_tokenizer.xml",
-              "openvino_tokenizer.bin", "openvino_detokenizer.xml", "openvino_detokenizer.bin")
+              "openvino_tokenizer.bin", "openvino_detokenizer.xml", "openvino_detokenizer.bin",
+              "openvino_config.json")
 
 
 def is_ir_folder(path: Path) -> bool:

@@ -55,20 +55,21 @@ def calibration_texts(source: str | None) -> list[str]:
 def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: CalibrationConfig | None = None,
                 calibration_data: str | None = None, artifact: Path | None = None, overwrite: bool = False,
                 layer_patterns: dict[str, str] | None = None,
-                weight_format: WeightFormat | None = None) -> ExportResult:
+                weight_format: WeightFormat | None = None, windows: np.ndarray | None = None) -> ExportResult:
     """Export ``model`` with SCAP; ``weight_format`` compresses its weights first (None keeps them as stored,
-    which is how an already-compressed IR folder is exported)."""
+    which is how an already-compressed IR folder is exported). ``windows`` (int64 [N, T] token ids) replaces
+    the calibration text for callers that tokenize themselves."""
     config = (config or CalibrationConfig()).validate()
     weight_format = weight_format.validate() if weight_format else None
     output = Path(output)
     check_output_dir(output, overwrite)  # fail before any long work
     fixed = Artifact.load(artifact) if artifact else None
-    texts = None if fixed else calibration_texts(calibration_data)
+    texts = None if fixed or windows is not None else calibration_texts(calibration_data)
     if weight_format and not is_ir_folder(Path(model)):  # check the group size before the optimum export
         weight_format = weight_format.check_channels(config_fc_channels(assets.resolve_model(model)))
     ir_folder = dense_ir(model)
-    windows = None if fixed else token_windows(load_tokenizer(ir_folder), texts, config.seq_len, config.samples,
-                                               "calibration")
+    if texts is not None:
+        windows = token_windows(load_tokenizer(ir_folder), texts, config.seq_len, config.samples, "calibration")
 
     ov_model = ov.Core().read_model(ir_folder / IR_XML)
     ov_model, stored = compress_weights(ov_model, weight_format)
@@ -76,7 +77,8 @@ def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: Calibra
         log.info("calibrating on %d windows x %d tokens (%d refinement passes), %s weights", len(windows),
                  windows.shape[1], config.refine_passes, stored)
         fixed = calibrate(ov_model, windows, config, layer_patterns, model_id=str(model),
-                          data_id=calibration_data or "austen:" + "+".join(assets.CALIBRATION_NOVELS))
+                          data_id=calibration_data or ("token windows" if texts is None else
+                                                       "austen:" + "+".join(assets.CALIBRATION_NOVELS)))
         fixed.calibration["weight_format"] = stored
     elif fixed.calibration.get("weight_format", stored) != stored:
         log.warning("the artifact was calibrated on %s weights, this model has %s weights",
@@ -91,6 +93,20 @@ def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: Calibra
         fixed.save(tmp / ARTIFACT_NAME)
         copy_side_files(ir_folder, tmp)
     return ExportResult(output=output, artifact=fixed, dense_ir=ir_folder, weight_format=stored)
+
+
+def export_dense(output: Path, model: str = assets.DEFAULT_MODEL, weight_format: WeightFormat | None = None,
+                 overwrite: bool = False) -> Path:
+    """A dense (no SCAP) model folder with weights in ``weight_format``: what ``optimum-cli export openvino
+    --weight-format`` writes. The baseline SCAP is measured against, and a pre-quantized ``--model``."""
+    output = Path(output)
+    check_output_dir(output, overwrite)
+    ir_folder = dense_ir(model)
+    ov_model, _ = compress_weights(ov.Core().read_model(ir_folder / IR_XML), weight_format)
+    with atomic_output_dir(output, overwrite) as tmp:
+        ov.save_model(ov_model, tmp / IR_XML, compress_to_fp16=False)
+        copy_side_files(ir_folder, tmp)
+    return output
 
 
 def compress_weights(model: ov.Model, weight_format: WeightFormat | None) -> tuple[ov.Model, str]:

@@ -255,12 +255,9 @@ def test_export_with_weight_compression(tmp_path, dense_folder, weight_format, s
 
 
 def test_pre_quantized_ir_folder_is_exported_as_stored(tmp_path, scap_folder, dense_folder, capsys):
-    from scap_ov.export import copy_side_files
+    from scap_ov.pipeline import export_dense
 
-    source = tmp_path / "int8"
-    source.mkdir()
-    ov.save_model(WeightFormat("int8").apply(ov.Core().read_model(dense_folder / IR_XML)), source / IR_XML)
-    copy_side_files(dense_folder, source)
+    source = export_dense(tmp_path / "int8", weight_format=WeightFormat("int8"))
     result = export_scap(tmp_path / "out", model=str(source), artifact=scap_folder / ARTIFACT_NAME)
     assert result.weight_format == "int8_asym"
     assert (tmp_path / "out" / IR_XML).read_text().count('type="SCAPFullyConnected"') == 210
