@@ -148,3 +148,22 @@ def test_runtime_size_mismatch_raises_not_crashes(core):
         compiled([xv, np.zeros(5, np.float32)])
     out = compiled([xv, np.zeros(1, np.float32)])[0]  # and the request still works afterwards
     assert out.shape == (2, OC)
+
+
+def test_threshold_check_edge_values():
+    """The (vectorized) threshold check accepts 0 and -0.0 and rejects NaN / inf / negatives at any index."""
+    for ok in (np.float32(-0.0), np.zeros(IC, np.float32), np.full(IC, np.finfo(np.float32).max, np.float32)):
+        create(base_inputs(threshold=const(ok)))
+    for bad_value in (np.nan, np.inf, -np.inf, -1e-30):
+        for at in (0, IC // 2, IC - 1):
+            t = np.full(IC, 0.1, np.float32)
+            t[at] = bad_value
+            with pytest.raises(Exception, match=f"threshold must be finite and >= 0, got .* at index {at}"):
+                create(base_inputs(threshold=const(t)))
+
+
+def test_packed_constants_keep_their_precision_mark():
+    """validate_and_infer_types marks the packed constants so the CPU plugin does not widen them."""
+    node = create(base_inputs())
+    for port in (1, 2, 3):
+        assert "keep_const_precision_0" in node.input_value(port).get_node().get_rt_info()

@@ -1,6 +1,8 @@
 #include "scap_fully_connected.hpp"
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <openvino/core/parallel.hpp>
 #include <openvino/op/constant.hpp>
 #include <sstream>
@@ -82,6 +84,20 @@ bool vector_param_shape_ok(const ov::PartialShape& ps, const ov::Dimension& ic) 
     return ic.is_dynamic() || d.get_length() == ic.get_length();
 }
 
+// True when every value is finite and >= 0 (-0.0 included). Branch-free on the bit patterns so that it
+// vectorizes: validate_and_infer_types() runs on every inference of a dynamic-shape model (the CPU plugin's
+// shape-inference fallback clones the op), and a per-channel threshold has IC values.
+bool all_finite_non_negative(const float* p, size_t n) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; ++i) {
+        uint32_t u;
+        std::memcpy(&u, p + i, sizeof(u));
+        const uint32_t mag = u & 0x7FFFFFFFu;
+        bad |= static_cast<uint32_t>(mag >= 0x7F800000u) | ((u >> 31) & static_cast<uint32_t>(mag != 0));
+    }
+    return bad == 0;
+}
+
 
 }  // namespace
 
@@ -96,8 +112,7 @@ namespace {
 // evaluate(): f16/bf16 -> f32 and u4/i4 -> u8/i8, doubling the weight memory and bandwidth. Constants whose
 // rt_info holds "keep_const_precision" (ov::KeepConstPrecision, the mark the plugin itself puts on compressed
 // FC weights; only the key's presence is checked) keep their element type.
-void keep_const_precision(const ov::Output<ov::Node>& src) {
-    auto node = src.get_node_shared_ptr();
+void keep_const_precision(ov::Node* node) {
     if (!ov::is_type<ov::op::v0::Constant>(node))
         return;
     // rt_info keys are DiscreteTypeInfo strings ("<name>_<version>"); build it the same way the library does.
@@ -271,17 +286,19 @@ void SCAPFullyConnected::validate_and_infer_types() {
                           ic,
                           "], got shape ",
                           t_ps);
-    if (auto c = std::dynamic_pointer_cast<ov::op::v0::Constant>(input_value(THRESHOLD).get_node_shared_ptr())) {
+    if (const auto* c = ov::as_type<const ov::op::v0::Constant>(get_input_node_ptr(THRESHOLD))) {
         if (c->get_element_type() == ov::element::f32) {
             const float* p = c->get_data_ptr<float>();
             const size_t n = ov::shape_size(c->get_shape());
-            for (size_t i = 0; i < n; ++i) {
-                NODE_VALIDATION_CHECK(this,
-                                      std::isfinite(p[i]) && p[i] >= 0.0f,
-                                      "SCAPFullyConnected threshold must be finite and >= 0, got ",
-                                      p[i],
-                                      " at index ",
-                                      i);
+            if (!all_finite_non_negative(p, n)) {
+                for (size_t i = 0; i < n; ++i) {
+                    NODE_VALIDATION_CHECK(this,
+                                          std::isfinite(p[i]) && p[i] >= 0.0f,
+                                          "SCAPFullyConnected threshold must be finite and >= 0, got ",
+                                          p[i],
+                                          " at index ",
+                                          i);
+                }
             }
         }
     }
@@ -297,9 +314,15 @@ void SCAPFullyConnected::validate_and_infer_types() {
                           "] or empty [0], got shape ",
                           b_ps);
 
-    keep_const_precision(input_value(WEIGHTS));
-    keep_const_precision(input_value(SCALES));
-    keep_const_precision(input_value(ZERO_POINTS));
+    // Skipped when x is a Constant: that is the throw-away copy the CPU plugin's shape-inference fallback
+    // (ShapeInferFallback) makes on every inference of a dynamic-shape model, with every input, x included,
+    // wrapped in a fresh Constant; marking those would only cost allocations. (A real op on a constant x is
+    // constant-folded by the plugin, so the precision of its weights does not matter there.)
+    if (!ov::is_type<ov::op::v0::Constant>(get_input_node_ptr(X))) {
+        keep_const_precision(get_input_node_ptr(WEIGHTS));
+        keep_const_precision(get_input_node_ptr(SCALES));
+        keep_const_precision(get_input_node_ptr(ZERO_POINTS));
+    }
 
     ov::PartialShape out_ps = ov::PartialShape::dynamic();
     if (x_ps.rank().is_static()) {
@@ -310,7 +333,13 @@ void SCAPFullyConnected::validate_and_infer_types() {
 }
 
 std::shared_ptr<ov::Node> SCAPFullyConnected::clone_with_new_inputs(const ov::OutputVector& new_args) const {
-    check_new_args_count(this, new_args);
+    // (ov::check_new_args_count builds input_values(), i.e. 7 shared_ptr copies, on every call.)
+    NODE_VALIDATION_CHECK(this,
+                          new_args.size() == get_input_size(),
+                          "clone_with_new_inputs() expected ",
+                          get_input_size(),
+                          " arguments, but got ",
+                          new_args.size());
     return std::make_shared<SCAPFullyConnected>(new_args, m_schema_version);
 }
 
