@@ -286,3 +286,29 @@ def dequantize(packed: PackedWeights) -> np.ndarray:
     if zp is not None:
         w = w - np.repeat(zp, gs, axis=0)
     return (w * s).astype(np.float32)
+
+
+def concat_output_channels(parts: list[PackedWeights]) -> PackedWeights:
+    """One PackedWeights holding ``parts`` side by side along OC (FCs that read the same input).
+
+    All parts must share the weight type, IC, group count and scale dtype.
+    """
+    first = parts[0]
+    for p in parts[1:]:
+        if (p.weight_type, p.ic, p.n_groups) != (first.weight_type, first.ic, first.n_groups):
+            raise ValueError("concat_output_channels: parts differ in weight type, IC or group count")
+        if (p.scales is None) != (first.scales is None) or (
+                p.scales is not None and p.scales.dtype != first.scales.dtype):
+            raise ValueError("concat_output_channels: parts differ in scale dtype")
+    oc = sum(p.oc for p in parts)
+    if first.is_4bit:
+        signed = first.weight_type == "i4"
+        data = pack_int4(np.hstack([unpack_int4(p.data, p.ic * p.oc, signed).reshape(p.ic, p.oc) for p in parts]))
+    else:
+        data = np.hstack([p.data.reshape(p.ic, p.oc) for p in parts])
+    scales = None if first.scales is None else np.hstack([p.scales for p in parts])
+    zero_points = None
+    if first.zero_points is not None:
+        zps = np.hstack([zero_point_values(p) for p in parts])
+        zero_points = pack_int4(zps.astype(np.int16)) if first.is_4bit else zps.astype(np.uint8)
+    return PackedWeights(first.weight_type, first.ic, oc, np.ascontiguousarray(data), scales, zero_points)

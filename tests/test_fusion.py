@@ -7,7 +7,7 @@ import scap_ov
 from conftest import F32, compress, tiny_block_model
 from scap_ov.artifact import Artifact, FCThreshold
 from scap_ov.layers import find_fcs
-from scap_ov.transformations.fuse_cpu import apply_fusion, count_fused
+from scap_ov.transformations.fuse_cpu import apply_fusion, count_fused, count_ops
 from scap_ov.transformations.portable import apply_portable
 
 FORMATS = [("f32", None, -1), ("int8_asym", "INT8_ASYM", -1), ("int8_sym", "INT8_SYM", -1),
@@ -123,3 +123,25 @@ def test_benchmark_app_runs_the_fused_ir_with_the_extension(tmp_path):
     without = subprocess.run([c for c in cmd if c not in ("-extensions", scap_ov.extension_path())],
                              capture_output=True, text=True, timeout=300)
     assert without.returncode != 0  # the op really comes from the extension
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=[f[0] for f in FORMATS])
+def test_siblings_with_one_keep_mask_share_one_op(core, fmt):
+    """q/k/v and gate/up with equal mode and tau: one op each plus a split; same outputs as one op per FC."""
+    art = _artifact(_base(fmt))
+    merged = apply_fusion(apply_portable(_base(fmt), art))
+    separate = apply_fusion(apply_portable(_base(fmt), art), merge=False)
+    assert (count_ops(merged), count_fused(merged)) == (8, 14)
+    assert (count_ops(separate), count_fused(separate)) == (14, 14)
+    x = np.random.default_rng(5).standard_normal((2, 3, 64)).astype(np.float32)
+    np.testing.assert_allclose(core.compile_model(merged, "CPU", F32)(x)[0],
+                               core.compile_model(separate, "CPU", F32)(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_siblings_with_different_thresholds_keep_their_own_ops():
+    art = _artifact(_base(FORMATS[0]))
+    for entry in art.fcs:
+        if entry.layer_type == "k":
+            entry.tau = 0.7
+    fused = apply_fusion(apply_portable(_base(FORMATS[0]), art))
+    assert (count_ops(fused), count_fused(fused)) == (10, 14)  # q+v, k, o, gate+up, down per block

@@ -85,3 +85,28 @@ def test_pack_compressed_rejects_bad_input():
         packing.pack_compressed(np.ones((3, 8)), np.ones((3, 1)), None, "i4")
     with pytest.raises(ValueError, match="zero_point shape"):
         packing.pack_compressed(np.ones((4, 2, 4)), np.ones((4, 2, 1)), np.ones((4, 1)), "u8")
+
+
+@pytest.mark.parametrize("weight_type", ["f32", "f16", "bf16", "i8", "u8", "i4", "u4"])
+def test_concatenating_output_channels_equals_side_by_side_dequantized(weight_type):
+    rng = np.random.default_rng(7)
+    parts = []
+    for oc in (6, 2, 4):
+        if weight_type in packing.FLOAT_TYPES:
+            parts.append(packing.pack_float(rng.standard_normal((oc, 8)).astype(np.float32), weight_type))
+            continue
+        lo, hi = packing._INT_RANGE[weight_type]
+        w = rng.integers(lo, hi + 1, (oc, 2, 4))
+        scale = rng.uniform(0.01, 0.1, (oc, 2, 1)).astype(np.float16)
+        zp = rng.integers(lo, hi + 1, (oc, 2, 1)) if weight_type in ("u8", "u4") else None
+        parts.append(packing.pack_compressed(w, scale, zp, weight_type))
+    joined = packing.concat_output_channels(parts)
+    assert (joined.ic, joined.oc, joined.n_groups) == (8, 12, parts[0].n_groups)
+    np.testing.assert_array_equal(packing.dequantize(joined), np.hstack([packing.dequantize(p) for p in parts]))
+
+
+def test_concatenating_different_formats_is_refused():
+    a = packing.pack_float(np.ones((2, 4), np.float32))
+    b = packing.pack_float(np.ones((2, 4), np.float32), "f16")
+    with pytest.raises(ValueError, match="differ in weight type"):
+        packing.concat_output_channels([a, b])

@@ -13,6 +13,7 @@ from scap_ov.config import CalibrationConfig, parse_targets
 from scap_ov.dataset import load_texts, model_inputs, token_windows
 from scap_ov.export import IR_XML, dense_ir
 from scap_ov.artifact import ARTIFACT_NAME
+from scap_ov.transformations.fuse_cpu import count_fused
 from scap_ov.pipeline import PORTABLE_XML, evaluate_folder, export_scap, load_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -137,6 +138,13 @@ def test_artifact_of_another_model_is_refused(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def _fused_fcs(folder):
+    """FC layers the fused IR in ``folder`` runs as SCAPFullyConnected (q/k/v and gate/up share ops)."""
+    import scap_ov
+
+    return count_fused(scap_ov.register(ov.Core()).read_model(folder / IR_XML))
+
+
 def _fc_outputs_and_logits(core, model, window, blocks=1):
     """Compile ``model`` with the outputs of every FC in the first ``blocks`` blocks added; run one window."""
     names = []
@@ -161,7 +169,7 @@ def test_fused_ir_equals_portable_ir(scap_folder, dense_folder, fmt):
     import scap_ov
     from conftest import compress
     from scap_ov.artifact import Artifact
-    from scap_ov.transformations.fuse_cpu import apply_fusion, count_fused
+    from scap_ov.transformations.fuse_cpu import apply_fusion
     from scap_ov.transformations.portable import apply_portable
 
     core = scap_ov.register(ov.Core())
@@ -170,7 +178,7 @@ def test_fused_ir_equals_portable_ir(scap_folder, dense_folder, fmt):
     dense = dense if fmt is None else compress(dense, *fmt)
     window = _windows(dense_folder, count=1, seq_len=48)[0]
     portable_out, portable_logits = _fc_outputs_and_logits(core, apply_portable(dense.clone(), artifact), window)
-    fused = apply_fusion(apply_portable(dense.clone(), artifact))
+    fused = apply_fusion(apply_portable(dense.clone(), artifact), merge=False)  # one op per FC: outputs by FC
     assert count_fused(fused) == 210
     fused_out, fused_logits = _fc_outputs_and_logits(core, fused, window)
     assert sorted(fused_out) == sorted(portable_out) and len(fused_out) == 7
@@ -189,7 +197,7 @@ def test_exported_fused_ir_runs_with_the_extension_and_matches_portable(scap_fol
         request = core.compile_model(core.read_model(scap_folder / name), "CPU", F32).create_infer_request()
         request.infer(model_inputs(window))
         logits.append(request.get_tensor("logits").data.copy())
-    assert 'type="SCAPFullyConnected"' in (scap_folder / IR_XML).read_text()
+    assert _fused_fcs(scap_folder) == 210
     assert np.mean(logits[0].argmax(-1) == logits[1].argmax(-1)) >= 0.7  # see test_fused_ir_equals_portable_ir
     fused_bin = (scap_folder / "openvino_model.bin").stat().st_size
     assert fused_bin <= 1.1 * (dense_folder / "openvino_model.bin").stat().st_size
@@ -203,7 +211,7 @@ def test_optimum_intel_loads_and_generates_the_fused_model(scap_folder):
 
     assert "optimum.intel.openvino.modeling_base" in enable_optimum_intel()
     model = OVModelForCausalLM.from_pretrained(scap_folder, ov_config=F32)
-    assert sum(op.get_type_name() == "SCAPFullyConnected" for op in model.model.get_ops()) == 210
+    assert count_fused(model.model) == 210
     tokenizer = AutoTokenizer.from_pretrained(scap_folder)
     inputs = tokenizer("It is a truth universally acknowledged, that", return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
@@ -242,7 +250,7 @@ def test_export_with_weight_compression(tmp_path, dense_folder, weight_format, s
     assert result.weight_format == stored
     assert json.loads((out / ARTIFACT_NAME).read_text())["calibration"]["weight_format"] == stored
     assert stored_weight_format(ov.Core().read_model(out / PORTABLE_XML)) == stored
-    assert (out / IR_XML).read_text().count('type="SCAPFullyConnected"') == 210
+    assert _fused_fcs(out) == 210
     fused_bytes = (out / "openvino_model.bin").stat().st_size
     assert fused_bytes <= 1.02 * (out / "openvino_model_portable.bin").stat().st_size
     assert fused_bytes < {"fp16": 0.55, "int8_sym": 0.3, "int4_asym_g64": 0.2}[stored] * (
@@ -260,7 +268,7 @@ def test_pre_quantized_ir_folder_is_exported_as_stored(tmp_path, scap_folder, de
     source = export_dense(tmp_path / "int8", weight_format=WeightFormat("int8"))
     result = export_scap(tmp_path / "out", model=str(source), artifact=scap_folder / ARTIFACT_NAME)
     assert result.weight_format == "int8_asym"
-    assert (tmp_path / "out" / IR_XML).read_text().count('type="SCAPFullyConnected"') == 210
+    assert _fused_fcs(tmp_path / "out") == 210
     code = main(["export", "--output", str(tmp_path / "again"), "--model", str(source), "--weight-format", "int4",
                  "--artifact", str(scap_folder / ARTIFACT_NAME)])
     assert code == 2 and "FC weights are already int8_asym; export it without --weight-format" in \
