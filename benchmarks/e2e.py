@@ -243,6 +243,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=None)
     ap.add_argument("--ppl-windows", type=int, default=None)
+    ap.add_argument("--prepare-only", action="store_true", help="export into --work and stop (no timing)")
     args = ap.parse_args(argv)
     quick = args.quick
     args.formats = args.formats or (["fp32"] if quick else list(FORMATS))
@@ -260,6 +261,9 @@ def main(argv=None) -> int:
         formats = (["fp32", "int4"] if quick else args.formats) if model == SLICE else args.formats
         for fmt in formats:
             plan += prepare(args, model, fmt, [0.5] if model == SLICE else args.sparsities)
+    if args.prepare_only:
+        print(f"{len(plan)} variants ready under {args.work}")
+        return 0
     ppl_cache, records = {}, []
     vocab = {SMOLLM: 49152, SLICE: SLICE_VOCAB}
     for variant in plan:

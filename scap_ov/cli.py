@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from scap_ov.compression import WEIGHT_FORMATS
+from scap_ov.config import METHODS
 from scap_ov.errors import ScapError
 from scap_ov.layers import LAYER_TYPES
 
@@ -43,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--target", type=_type_target, action="append", default=[], metavar="TYPE=S",
                     help=f"per-layer-type target, repeatable; types: {', '.join(LAYER_TYPES)}")
     ex.add_argument("--mode", default="zero", help="centre m: zero | median | kde (default zero)")
+    ex.add_argument("--method", default="scap", choices=METHODS,
+                    help="scap: every FC at its type's target; teal: the same, zero-centred (TEAL-uniform); "
+                         "greedy: the --sparsity budget allocated across layer types and blocks by measured "
+                         "end-model KL (default scap)")
     ex.add_argument("--calibration-data", default=None,
                     help="a .txt file, a .json list of strings, or a Hugging Face dataset name (online only); "
                          "default: three packaged Austen novels")
@@ -90,7 +95,8 @@ def _export(args) -> int:
     from scap_ov.pipeline import export_scap
 
     config = CalibrationConfig(targets=parse_targets(args.sparsity, dict(args.target)), mode=args.mode,
-                               samples=args.samples, seq_len=args.seq_len, refine_passes=args.refine_passes)
+                               samples=args.samples, seq_len=args.seq_len, refine_passes=args.refine_passes,
+                               method=args.method)
     weight_format = None
     if args.weight_format:
         weight_format = WeightFormat(args.weight_format, args.group_size, args.sym).validate()

@@ -8,6 +8,9 @@ from scap_ov.errors import ScapError
 from scap_ov.layers import LAYER_TYPES
 
 MODES = ("zero", "median", "kde")
+# scap: every FC at its layer type's target (SCAP as published). teal: the same, zero-centred (TEAL-uniform).
+# greedy: the model-level budget allocated across (layer type, block group) by measured end-model KL.
+METHODS = ("scap", "teal", "greedy")
 DEFAULT_SPARSITY = 0.4
 
 
@@ -35,6 +38,14 @@ class CalibrationConfig:
     samples: int = 64  # token windows of seq_len tokens (the SCAP reference uses 64 x 256)
     seq_len: int = 256
     refine_passes: int = 1  # re-observe inputs in the pruned model and re-solve tau (see calibrate())
+    method: str = "scap"
+    blocks_per_group: int = 10  # greedy: blocks whose FCs of one type share a target
+    probe_windows: int = 4  # greedy: calibration windows the end-model KL is measured on
+
+    @property
+    def budget(self) -> float:
+        """Model-level target: the mean of the per-type targets (all equal unless set per type)."""
+        return sum(self.targets.values()) / len(self.targets)
 
     def validate(self) -> "CalibrationConfig":
         if self.mode not in MODES:
@@ -49,4 +60,13 @@ class CalibrationConfig:
             raise ScapError(f"--refine-passes must lie in [0, 5], got {self.refine_passes}")
         if self.seq_len < 8:
             raise ScapError(f"--seq-len must be >= 8, got {self.seq_len}")
+        if self.method not in METHODS:
+            raise ScapError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
+        if self.method == "teal" and self.mode != "zero":
+            raise ScapError(f"TEAL thresholds are zero-centred: --method teal takes no --mode {self.mode}")
+        if self.method == "greedy" and len(set(self.targets.values())) > 1:
+            raise ScapError("--method greedy allocates one model-level --sparsity budget; per-type --target "
+                            "values do not apply")
+        if self.blocks_per_group < 1 or self.probe_windows < 1:
+            raise ScapError("blocks per group and probe windows must be >= 1")
         return self

@@ -24,11 +24,20 @@ def linear(x, out_features: int, name: str, rng) -> ov.Node:
     return ops.matmul(x, ops.constant(w), False, True, name=name)
 
 
-def tiny_block_model(hidden: int = 64, inter: int = 96, blocks: int = 2, seed: int = 0) -> ov.Model:
-    """A decoder-shaped graph: per block q/k/v share an input, o, gate/up share one, down; names as optimum's."""
+def tiny_block_model(hidden: int = 64, inter: int = 96, blocks: int = 2, seed: int = 0, vocab: int = 0) -> ov.Model:
+    """A decoder-shaped graph: per block q/k/v share an input, o, gate/up share one, down; names as optimum's.
+
+    With ``vocab`` it is a tiny language model instead: input_ids -> embedding -> blocks -> ``logits``.
+    """
     rng = np.random.default_rng(seed)
-    x = ops.parameter([-1, -1, hidden], np.float32, name="x")
-    h = x.output(0)
+    if vocab:
+        x = ops.parameter([-1, -1], np.int64, name="input_ids")
+        x.output(0).get_tensor().set_names({"input_ids"})
+        table = ops.constant(rng.standard_normal((vocab, hidden)).astype(np.float32))
+        h = ops.gather(table, x, ops.constant(np.int64(0))).output(0)
+    else:
+        x = ops.parameter([-1, -1, hidden], np.float32, name="x")
+        h = x.output(0)
     for b in range(blocks):
         q = linear(h, hidden, fc_name(b, "self_attn.q_proj"), rng)
         k = linear(h, hidden, fc_name(b, "self_attn.k_proj"), rng)
@@ -39,7 +48,9 @@ def tiny_block_model(hidden: int = 64, inter: int = 96, blocks: int = 2, seed: i
         up = linear(h, inter, fc_name(b, "mlp.up_proj"), rng)
         act = ops.multiply(ops.swish(gate), up)
         h = ops.add(h, linear(act, hidden, fc_name(b, "mlp.down_proj"), rng)).output(0)
-    head = linear(h, 32, "__module.lm_head/aten::linear/MatMul", rng)
+    head = linear(h, vocab or 32, "__module.lm_head/aten::linear/MatMul", rng)
+    if vocab:
+        head.output(0).get_tensor().set_names({"logits"})
     return ov.Model([ops.result(head)], [x], "tiny_blocks")
 
 

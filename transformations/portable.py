@@ -23,6 +23,7 @@ RT_INFO_KEY = "scap_ov"  # model rt_info: artifact summary, so a saved IR says w
 # input; <matmul>/scap/keep is the keep mask.
 CENTERED_SUFFIX = "/scap/centered"
 KEEP_SUFFIX = "/scap/keep"
+TAU_INPUT_PREFIX = "scap_tau:"  # tunable models: one scalar f32 input per FC, named this + FC name
 
 
 def _as_f32(values, in_features: int, what: str, fc: FC) -> np.ndarray:
@@ -42,13 +43,13 @@ def folded_bias(fc: FC, mode: np.ndarray) -> np.ndarray:
     return (w @ m).astype(np.float32)
 
 
-def insert_pruning(fc: FC, mode: np.ndarray, tau: np.ndarray) -> None:
+def insert_pruning(fc: FC, mode: np.ndarray, tau: np.ndarray | ov.Node) -> None:
     base = fc.node_name + "/scap/"
     x = fc.activation
     et = x.get_element_type()
     d = ops.subtract(x, ops.constant(mode, et, name=base + "mode"), name=base + "centered")
-    keep = ops.greater(ops.abs(d, name=base + "abs"), ops.constant(tau, et, name=base + "threshold"),
-                       name=base + "keep")
+    tau = tau if isinstance(tau, ov.Node) else ops.constant(tau, et, name=base + "threshold")
+    keep = ops.greater(ops.abs(d, name=base + "abs"), tau, name=base + "keep")
     pruned = ops.select(keep, d, ops.constant(np.float32(0), et, name=base + "zero"), name=base + "pruned")
     fc.matmul.input(0).replace_source_output(pruned.output(0))
 
@@ -62,10 +63,11 @@ def insert_pruning(fc: FC, mode: np.ndarray, tau: np.ndarray) -> None:
 class InsertSCAPPruning(ModelPass):
     """Rewire every FC named in the artifact through centering + pruning, and fold W m into a bias."""
 
-    def __init__(self, artifact: Artifact, layer_patterns: dict[str, str] | None = None):
+    def __init__(self, artifact: Artifact, layer_patterns: dict[str, str] | None = None, tunable: bool = False):
         super().__init__()
         self.artifact = artifact
         self.layer_patterns = layer_patterns
+        self.tunable = tunable  # thresholds become model inputs (calibration searches; never exported)
 
     def run_on_model(self, model: ov.Model) -> bool:
         fcs = {fc.name: fc for fc in find_fcs(model, self.layer_patterns)}
@@ -78,17 +80,22 @@ class InsertSCAPPruning(ModelPass):
             if entry.layer_type != fc.layer_type:
                 raise ScapError(f"artifact says {entry.name} is a {entry.layer_type!r} layer, the model a "
                                 f"{fc.layer_type!r} layer")
-            insert_pruning(fc, _as_f32(entry.mode, fc.in_features, "mode", fc),
-                           _as_f32(entry.tau, fc.in_features, "tau", fc))
+            tau = _as_f32(entry.tau, fc.in_features, "tau", fc)
+            if self.tunable:
+                tau = ops.parameter(list(tau.shape), np.float32, name=TAU_INPUT_PREFIX + fc.name)
+                tau.output(0).get_tensor().set_names({TAU_INPUT_PREFIX + fc.name})
+                model.add_parameters([tau])
+            insert_pruning(fc, _as_f32(entry.mode, fc.in_features, "mode", fc), tau)
         model.set_rt_info(str(len(self.artifact.fcs)), [RT_INFO_KEY, "fc_count"])
         model.set_rt_info(str(self.artifact.version), [RT_INFO_KEY, "artifact_version"])
         model.validate_nodes_and_infer_types()
         return True
 
 
-def apply_portable(model: ov.Model, artifact: Artifact, layer_patterns: dict[str, str] | None = None) -> ov.Model:
-    """Apply pass A in place and return the model."""
+def apply_portable(model: ov.Model, artifact: Artifact, layer_patterns: dict[str, str] | None = None,
+                   tunable: bool = False) -> ov.Model:
+    """Apply pass A in place and return the model (``tunable``: thresholds as inputs, see TAU_INPUT_PREFIX)."""
     manager = ov.passes.Manager()
-    manager.register_pass(InsertSCAPPruning(artifact, layer_patterns))
+    manager.register_pass(InsertSCAPPruning(artifact, layer_patterns, tunable))
     manager.run_passes(model)
     return model

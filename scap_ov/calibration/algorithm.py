@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from scap_ov.artifact import Artifact, FCThreshold
 from scap_ov.calibration import statistics
+from scap_ov.calibration.allocation import greedy_targets
 from scap_ov.config import CalibrationConfig
 from scap_ov.dataset import calibration_dataset
 from scap_ov.layers import FC, require_fcs
@@ -43,21 +44,21 @@ def choose_mode(method: str, stats: statistics.InputStatistics, fc: FC, target: 
     return candidates[int(np.argmin(errors))]
 
 
+def _modes(fcs: list[FC], stats: dict[str, statistics.InputStatistics], config: CalibrationConfig,
+           targets: dict[str, float]) -> dict[str, float]:
+    return {fc.name: choose_mode(config.mode, stats[fc.name], fc, targets[fc.name]) if targets[fc.name] > 0 else 0.0
+            for fc in tqdm(fcs, desc="Modes", unit="FC", leave=False, mininterval=2.0)}
+
+
 def _thresholds(fcs: list[FC], stats: dict[str, statistics.InputStatistics], config: CalibrationConfig,
-                modes: dict[str, float] | None) -> list[FCThreshold]:
-    """Per FC: its mode (chosen now, or kept from ``modes``) and the tau that meets its target."""
+                targets: dict[str, float], modes: dict[str, float]) -> list[FCThreshold]:
+    """Per FC: the tau that meets its target around its mode."""
     entries = []
-    for fc in tqdm(fcs, desc="Thresholds", unit="FC", leave=False, mininterval=2.0):
-        target = config.targets[fc.layer_type]
-        s = stats[fc.name]
-        if modes is not None:
-            mode = modes[fc.name]
-        else:
-            mode = choose_mode(config.mode, s, fc, target) if target > 0 else 0.0
-        tau = s.histogram.threshold(mode, target)
+    for fc in fcs:
+        target, mode, h = targets[fc.name], modes[fc.name], stats[fc.name].histogram
+        tau = h.threshold(mode, target)
         entries.append(FCThreshold(name=fc.name, layer_type=fc.layer_type, mode=float(mode), tau=float(tau),
-                                   target_sparsity=target,
-                                   calibration_sparsity=round(s.histogram.fraction_within(mode, tau), 6),
+                                   target_sparsity=target, calibration_sparsity=round(h.fraction_within(mode, tau), 6),
                                    method=config.mode))
     return entries
 
@@ -76,13 +77,20 @@ def calibrate(model: ov.Model, windows: np.ndarray, config: CalibrationConfig,
     input_names = {name for port in model.inputs for name in port.get_names()}
     dataset = calibration_dataset(windows, input_names)
     stats = statistics.collect(model, {fc.name: fc.node_name for fc in fcs}, dataset, len(windows))
-    entries = _thresholds(fcs, stats, config, modes=None)
     info = {"data": data_id, "samples": int(len(windows)), "seq_len": int(windows.shape[1]),
-            "tokens": int(windows.size), "mode": config.mode, "targets": config.targets,
+            "tokens": int(windows.size), "method": config.method, "mode": config.mode, "targets": config.targets,
             "refine_passes": config.refine_passes}
+    if config.method == "greedy":
+        modes = _modes(fcs, stats, config, {fc.name: config.budget for fc in fcs})
+        targets, info["allocation"] = greedy_targets(model, fcs, stats, modes, windows[: config.probe_windows],
+                                                     config.budget, config.blocks_per_group, layer_patterns)
+    else:
+        targets = {fc.name: config.targets[fc.layer_type] for fc in fcs}
+        modes = _modes(fcs, stats, config, targets)
+    entries = _thresholds(fcs, stats, config, targets, modes)
     for _ in range(config.refine_passes):
         pruned = apply_portable(model.clone(), Artifact(fcs=entries), layer_patterns)
         observed = {fc.name: fc.node_name + CENTERED_SUFFIX for fc in fcs}
         stats = statistics.collect(pruned, observed, dataset, len(windows), reservoir_rows=0)
-        entries = _thresholds(fcs, stats, config, modes={e.name: e.mode for e in entries})
+        entries = _thresholds(fcs, stats, config, targets, modes)
     return Artifact(fcs=entries, model=model_id, calibration=info)

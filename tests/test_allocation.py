@@ -1,0 +1,87 @@
+"""Calibration methods: greedy allocation of a model-level budget by end-model KL; TEAL and config checks."""
+import numpy as np
+import openvino as ov
+import pytest
+
+from conftest import F32, tiny_block_model
+from scap_ov.artifact import Artifact, FCThreshold
+from scap_ov.calibration import calibrate
+from scap_ov.calibration.allocation import LEVELS, Group, allocate, make_groups
+from scap_ov.config import CalibrationConfig, parse_targets
+from scap_ov.errors import ScapError
+from scap_ov.layers import find_fcs
+from scap_ov.transformations.portable import TAU_INPUT_PREFIX, apply_portable
+
+VOCAB = 50
+
+
+def _windows(count=6, length=24, seed=0):
+    return np.random.default_rng(seed).integers(0, VOCAB, (count, length), dtype=np.int64)
+
+
+SCALES = {"cheap": 1.0, "dear": 10.0, "big_cheap": 1.0}
+
+
+def _quadratic(group, level):
+    return SCALES[group.name] * level ** 2
+
+
+def test_allocation_meets_the_budget_and_prunes_cheap_groups_more():
+    groups = [Group("cheap", [], 100), Group("dear", [], 100), Group("big_cheap", [], 300)]
+    asked = []
+    targets = allocate(groups, 0.4, lambda g, level: asked.append((g.name, level)) or _quadratic(g, level))
+    pruned = sum(targets[g.name] * g.nbytes for g in groups) / sum(g.nbytes for g in groups)
+    assert 0.4 <= pruned <= 0.4 + 0.1
+    assert targets["cheap"] > targets["dear"] and targets["big_cheap"] > targets["dear"]
+    assert len(asked) == len(set(asked)) < len(groups) * len(LEVELS)  # lazy: each level measured once, if needed
+    assert groups[0].costs == [0.0] + [_quadratic(groups[0], lv) for lv in LEVELS[: len(groups[0].costs) - 1]]
+
+
+def test_a_budget_the_levels_cannot_reach_is_refused():
+    with pytest.raises(ScapError, match="cannot meet a budget of 0.95"):
+        allocate([Group("cheap", [], 10)], 0.95, _quadratic)
+
+
+def test_groups_split_types_by_block_range():
+    fcs = find_fcs(tiny_block_model(blocks=4))
+    groups = make_groups(fcs, 2)
+    assert sorted(g.name for g in groups if g.name.startswith("down")) == ["down@0-1", "down@2-3"]
+    assert len(groups) == 14 and sum(len(g.fcs) for g in groups) == len(fcs) == 28
+    assert all(g.nbytes == sum(fc.weight.nbytes for fc in g.fcs) for g in groups)
+
+
+def test_tunable_thresholds_equal_constant_thresholds():
+    model = tiny_block_model()
+    fcs = find_fcs(model)
+    taus = {fc.name: 0.1 + 0.05 * i for i, fc in enumerate(fcs)}
+    fixed = Artifact(fcs=[FCThreshold(fc.name, fc.layer_type, 0.02, taus[fc.name], .5, .5, "zero") for fc in fcs])
+    x = np.random.default_rng(2).standard_normal((1, 5, 64)).astype(np.float32)
+    expected = ov.Core().compile_model(apply_portable(tiny_block_model(), fixed), "CPU", F32)(x)[0]
+    tunable = ov.Core().compile_model(apply_portable(tiny_block_model(), fixed, tunable=True), "CPU", F32)
+    inputs = {"x": x, **{TAU_INPUT_PREFIX + n: np.array(t, np.float32) for n, t in taus.items()}}
+    np.testing.assert_array_equal(tunable(inputs)[0], expected)
+
+
+def test_greedy_calibration_meets_the_byte_budget_and_records_its_curves():
+    model = tiny_block_model(blocks=2, vocab=VOCAB)
+    config = CalibrationConfig(targets=parse_targets(0.5), samples=6, seq_len=24, method="greedy",
+                               blocks_per_group=1, probe_windows=2, refine_passes=0)
+    artifact = calibrate(model, _windows(), config)
+    nbytes = {fc.name: fc.weight.nbytes for fc in find_fcs(model)}
+    budget = sum(e.target_sparsity * nbytes[e.name] for e in artifact.fcs) / sum(nbytes.values())
+    assert 0.5 <= budget <= 0.6
+    groups = artifact.calibration["allocation"]["groups"]
+    assert len(groups) == 14 and all(len(g["kl"]) >= 2 for g in groups.values())
+    assert all(g["kl"][1] > 0 for g in groups.values())  # pruning any group moves the output
+    assert len({e.target_sparsity for e in artifact.fcs}) > 1  # not uniform
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(method="dejavu"), "unknown method 'dejavu' (choose from scap, teal, greedy)"),
+    (dict(method="teal", mode="kde"), "TEAL thresholds are zero-centred"),
+    (dict(method="greedy", targets=parse_targets(0.4, {"down": 0.6})), "per-type --target values do not apply"),
+    (dict(method="greedy", blocks_per_group=0), "blocks per group and probe windows must be >= 1"),
+])
+def test_method_configuration_errors(kwargs, message):
+    with pytest.raises(ScapError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        CalibrationConfig(**kwargs).validate()
