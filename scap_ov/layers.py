@@ -15,6 +15,9 @@ from scap_ov.errors import ScapError
 from scap_ov.transformations.weights import WeightChain, match_weight_chain
 
 LAYER_TYPES = ("q", "k", "v", "o", "gate", "up", "down")
+# Layer types that read one shared input: one histogram, and (same target, same mode) one keep mask, which the
+# CPU fusion turns into one op for all of them.
+SHARED_INPUT = {"q": "qkv", "k": "qkv", "v": "qkv", "o": "o", "gate": "gate_up", "up": "gate_up", "down": "down"}
 
 # Module-name regexes per layer type (matched against the module path optimum-intel keeps in node names).
 DEFAULT_LAYER_PATTERNS: dict[str, str] = {

@@ -46,7 +46,8 @@ def test_groups_split_types_by_block_range():
     fcs = find_fcs(tiny_block_model(blocks=4))
     groups = make_groups(fcs, 2)
     assert sorted(g.name for g in groups if g.name.startswith("down")) == ["down@0-1", "down@2-3"]
-    assert len(groups) == 14 and sum(len(g.fcs) for g in groups) == len(fcs) == 28
+    assert sorted({fc.layer_type for fc in groups[0].fcs}) == ["k", "q", "v"]  # one shared input, one target
+    assert len(groups) == 8 and sum(len(g.fcs) for g in groups) == len(fcs) == 28
     assert all(g.nbytes == sum(fc.weight.nbytes for fc in g.fcs) for g in groups)
 
 
@@ -71,7 +72,7 @@ def test_greedy_calibration_meets_the_byte_budget_and_records_its_curves():
     budget = sum(e.target_sparsity * nbytes[e.name] for e in artifact.fcs) / sum(nbytes.values())
     assert 0.5 <= budget <= 0.6
     groups = artifact.calibration["allocation"]["groups"]
-    assert len(groups) == 14 and all(len(g["kl"]) >= 2 for g in groups.values())
+    assert len(groups) == 8 and all(len(g["kl"]) >= 2 for g in groups.values())
     assert all(g["kl"][1] > 0 for g in groups.values())  # pruning any group moves the output
     assert len({e.target_sparsity for e in artifact.fcs}) > 1  # not uniform
 

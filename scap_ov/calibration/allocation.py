@@ -3,14 +3,15 @@
 Per-layer output error says little about what pruning a layer does to the model's predictions (errors in
 q/k/v, say, are amplified by attention), so this measures the end model instead:
 
-1. Groups: FCs of one layer type in one range of blocks (e.g. ``down`` of blocks 0-4).
+1. Groups: FCs reading one kind of input in one range of blocks (e.g. ``qkv`` of blocks 0-9): siblings that
+   share an input share a target, so they keep one keep mask and one fused CPU op.
 2. Sensitivity: for a group at a sparsity level, prune only that group (thresholds from the dense
    histograms, exact since every other FC is dense) and measure the mean KL divergence of the model's next-token
    distribution from the dense model's on a few calibration windows. Thresholds are inputs of one compiled
    model (``apply_portable(tunable=True)``), so a measurement is one inference pass, never a recompile.
 3. Allocation: treating group costs as additive, raise, step by step, the group whose next level costs the
    least extra KL per weight byte pruned until the pruned bytes meet the budget. Levels are measured lazily
-   (only each group's next one), so a 40% budget over 21 groups takes about 100 probes.
+   (only each group's next one), so a 40% budget over 12 groups takes about 60 probes.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from scap_ov.artifact import Artifact, FCThreshold
 from scap_ov.calibration.statistics import InputStatistics
 from scap_ov.errors import ScapError
 from scap_ov.evaluation import Evaluator
-from scap_ov.layers import FC
+from scap_ov.layers import FC, SHARED_INPUT
 from scap_ov.transformations.portable import TAU_INPUT_PREFIX, apply_portable
 
 log = logging.getLogger("scap_ov")
@@ -37,7 +38,7 @@ DISABLED_TAU = -1.0  # |x - m| > -1 always: the FC keeps every input
 
 @dataclass
 class Group:
-    name: str  # e.g. "down@0-4"
+    name: str  # e.g. "qkv@0-9"
     fcs: list[FC]
     nbytes: int
     costs: list[float] = field(default_factory=list)  # measured KL at 0 and the LEVELS reached so far
@@ -46,7 +47,7 @@ class Group:
 def make_groups(fcs: list[FC], blocks_per_group: int) -> list[Group]:
     by_key: dict[tuple[str, int], list[FC]] = {}
     for fc in fcs:
-        by_key.setdefault((fc.layer_type, max(fc.block, 0) // blocks_per_group), []).append(fc)
+        by_key.setdefault((SHARED_INPUT[fc.layer_type], max(fc.block, 0) // blocks_per_group), []).append(fc)
     groups = []
     for (layer_type, g), members in by_key.items():
         first, last = g * blocks_per_group, g * blocks_per_group + blocks_per_group - 1

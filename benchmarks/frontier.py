@@ -1,0 +1,126 @@
+"""Sparsity-quality frontier on the real SmolLM2: every method x model-level budget, perplexity and cloze
+accuracy against the FC-weight-byte sparsity realised on held-out text (Persuasion / Northanger Abbey; the
+methods calibrate on three other Austen novels).
+
+Each point is a full `export_scap` (cached under --work) evaluated through OpenVINO on its portable IR.
+Records: method, mode, budget, fc_weight_sparsity (realised), perplexity, ppl_ratio, cloze_accuracy,
+type_sparsity, calibration_seconds. A PNG (perplexity and cloze vs realised sparsity) is written beside the JSON.
+
+usage: python benchmarks/frontier.py --json out.json [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+try:
+    import scap_ov  # noqa: F401
+except ImportError:  # running from a checkout without an install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import cpu_name, write_json
+from scap_ov import assets
+from scap_ov.artifact import ARTIFACT_NAME, Artifact
+from scap_ov.config import CalibrationConfig, parse_targets
+from scap_ov.export import dense_ir, is_ir_folder
+from scap_ov.pipeline import evaluate_folder, export_scap
+
+log = logging.getLogger("scap_ov.frontier")
+# method name in the table -> (CalibrationConfig method, mode)
+METHODS = {"teal": ("teal", "zero"), "scap-kde": ("scap", "kde"), "greedy": ("greedy", "zero")}
+BUDGETS = (0.25, 0.4, 0.5, 0.6)
+
+
+def point(args, method: str, budget: float) -> dict:
+    calib_method, mode = METHODS[method]
+    folder = args.work / f"{method}-{budget:g}-{args.samples}x256"
+    seconds = None
+    if not is_ir_folder(folder):
+        log.info("export %s at %.2f", method, budget)
+        started = time.time()
+        config = CalibrationConfig(targets=parse_targets(budget), mode=mode, method=calib_method,
+                                   samples=args.samples)
+        export_scap(folder, config=config, overwrite=True)
+        seconds = round(time.time() - started, 1)
+    result = evaluate_folder(folder, windows=args.windows, seq_len=512, cloze=args.cloze, progress=False)
+    calibration = Artifact.load(folder / ARTIFACT_NAME).calibration
+    return {"method": method, "mode": mode, "budget": budget, "fc_weight_sparsity": result.fc_weight_sparsity,
+            "perplexity": result.perplexity, "cloze_accuracy": result.cloze_accuracy,
+            "type_sparsity": result.type_sparsity, "calibration_seconds": seconds,
+            "allocation": {k: v["target"] for k, v in calibration.get("allocation", {}).get("groups", {}).items()}}
+
+
+def plot(result: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for method in METHODS:
+        rows = sorted((r for r in result["records"] if r["method"] == method), key=lambda r: r["fc_weight_sparsity"])
+        if not rows:
+            continue
+        xs = [r["fc_weight_sparsity"] for r in rows]
+        a.plot(xs, [r["ppl_ratio"] for r in rows], marker="o", label=method)
+        b.plot(xs, [r["cloze_accuracy"] for r in rows], marker="o", label=method)
+    dense = result["dense"]
+    a.axhline(1.0, color="grey", lw=0.6)
+    a.axhline(1.08, color="r", lw=0.6, ls="--", label="1.08x target")
+    b.axhline(dense["cloze_accuracy"], color="grey", lw=0.6, label="dense")
+    a.set(xlabel="realised FC-weight-byte sparsity (held-out)", ylabel="perplexity / dense", title="Perplexity")
+    b.set(xlabel="realised FC-weight-byte sparsity (held-out)", ylabel="last-word cloze accuracy", title="Cloze")
+    a.legend(fontsize=7)
+    b.legend(fontsize=7)
+    fig.suptitle(f"SmolLM2-135M, dense ppl {dense['perplexity']:.2f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", required=True, type=Path, help="output JSON (a PNG is written next to it)")
+    ap.add_argument("--quick", action="store_true", help="teal and greedy at 0.4, small calibration and evaluation")
+    ap.add_argument("--methods", nargs="*", choices=list(METHODS), default=None)
+    ap.add_argument("--budgets", nargs="*", type=float, default=None)
+    ap.add_argument("--work", type=Path, default=assets.cache_dir() / "frontier")
+    ap.add_argument("--samples", type=int, default=None, help="calibration windows of 256 tokens")
+    ap.add_argument("--windows", type=int, default=None, help="perplexity windows of 512 tokens")
+    ap.add_argument("--cloze", type=int, default=None, help="cloze items")
+    args = ap.parse_args(argv)
+    args.methods = args.methods or (["teal", "greedy"] if args.quick else list(METHODS))
+    args.budgets = args.budgets or ([0.4] if args.quick else list(BUDGETS))
+    args.samples = args.samples or (8 if args.quick else 32)
+    args.windows = args.windows or (4 if args.quick else 32)
+    args.cloze = args.cloze if args.cloze is not None else (40 if args.quick else 200)
+    logging.basicConfig(level=logging.INFO, format="frontier: %(message)s", stream=sys.stderr)
+    started = time.time()
+    dense = evaluate_folder(dense_ir(assets.DEFAULT_MODEL), windows=args.windows, seq_len=512, cloze=args.cloze,
+                            progress=False)
+    records = []
+    for method in args.methods:
+        for budget in args.budgets:
+            records.append(point(args, method, budget))
+            records[-1]["ppl_ratio"] = records[-1]["perplexity"] / dense.perplexity
+            r = records[-1]
+            log.info("%s %.2f: realised %.3f, ppl %.2f (x%.3f), cloze %.3f", method, budget,
+                     r["fc_weight_sparsity"], r["perplexity"], r["ppl_ratio"], r["cloze_accuracy"])
+    result = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "quick": args.quick,
+                       "calibration_windows_x256": args.samples, "ppl_windows_x512": args.windows,
+                       "cloze_items": args.cloze, "seconds": round(time.time() - started, 1)},
+              "dense": {"perplexity": dense.perplexity, "cloze_accuracy": dense.cloze_accuracy},
+              "records": records}
+    write_json(args.json, result)
+    plot(result, args.json.with_suffix(".png"))
+    print(f"{len(records)} points in {result['meta']['seconds']:.0f} s -> {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
