@@ -297,6 +297,30 @@ def test_twin_save_read_roundtrip(core, tmp_path):
     np.testing.assert_allclose(got, native([xv])[0], rtol=1e-6, atol=1e-6)
 
 
+def test_ir_constants_at_unaligned_offsets(core, tmp_path):
+    """The IR .bin packs constants without padding, and the CPU plugin hands evaluate() the mapped file: here
+    mode / threshold / bias follow 2-byte-sized ones, so they are not 4-byte aligned (UBSan found float reads
+    of such pointers; the op copies them). Results must still match the oracle on every ISA."""
+    rng = np.random.default_rng(12)
+    case = Case(rng, "i8", 35, 130, None)  # 35 * 130 weight bytes + 260 f16 scale bytes: not a multiple of 4
+    mode = (rng.standard_normal(35) * 0.1).astype(np.float32)
+    thr = np.full(35, 0.3, np.float32)
+    bias = rng.standard_normal(130).astype(np.float32)
+    x = ov.op.Parameter(ov.Type.f32, ov.PartialShape([-1, 35]))
+    path = tmp_path / "unaligned.xml"
+    ov.save_model(ov.Model([ops.make_scap_fc(x.output(0), case.packed, mode, thr, bias)], [x]), str(path),
+                  compress_to_fp16=False)
+    offsets = [int(ln.split('offset="')[1].split('"')[0]) for ln in path.read_text().splitlines()
+               if 'element_type="f32"' in ln and 'offset="' in ln and 'size="1"' not in ln]
+    assert len(offsets) == 3 and all(o % 4 for o in offsets), offsets  # the case this test is about
+    compiled = compile_model(core, core.read_model(str(path)), 2)
+    for m_tokens in (1, 3, 17):
+        xv = rng.standard_normal((m_tokens, 35)).astype(np.float32)
+        want, bound, _ = oracle(xv, case, mode, thr, bias)
+        for name, got in run_all_isas(compiled, xv).items():
+            assert_close(got, want, bound, f"unaligned constants M={m_tokens} [{name}]")
+
+
 @pytest.mark.parametrize("wtype", ["f16", "bf16", "i4", "u4", "u8"])
 def test_compiled_model_keeps_packed_weight_types(core, wtype):
     """The CPU plugin must hand evaluate() the packed constants (no f16->f32 or u4->u8 copy of the weights)."""

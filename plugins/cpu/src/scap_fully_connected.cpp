@@ -6,6 +6,7 @@
 #include <openvino/core/parallel.hpp>
 #include <openvino/op/constant.hpp>
 #include <sstream>
+#include <vector>
 
 #include "kernels/kernel.hpp"
 
@@ -39,6 +40,25 @@ bool is_4bit(const ov::element::Type& t) {
 }
 bool is_asym(const ov::element::Type& t) {
     return t == ov::element::u8 || t == ov::element::u4;
+}
+
+// Constants read from an IR keep the byte offsets of the .bin file, which the serializer packs without padding:
+// an f32 constant placed after an odd-sized 4-bit or u8 one is not 4-byte aligned, and reading it through a
+// float* is undefined behaviour (found by UBSan, scripts/sanitize.sh). Such values are copied (they are small:
+// mode, threshold, bias); aligned ones, the normal case, are used in place.
+float f32_at(const void* p, size_t i) {
+    float v;
+    std::memcpy(&v, static_cast<const char*>(p) + i * sizeof(float), sizeof(float));
+    return v;
+}
+const float* f32_aligned(const ov::Tensor& t, std::vector<float>& copy) {
+    const void* p = t.data();
+    if (reinterpret_cast<std::uintptr_t>(p) % alignof(float) == 0)
+        return static_cast<const float*>(p);
+    copy.resize(t.get_size());
+    if (!copy.empty())
+        std::memcpy(copy.data(), p, copy.size() * sizeof(float));
+    return copy.data();
 }
 
 kernels::WType to_wtype(const ov::element::Type& t) {
@@ -87,11 +107,11 @@ bool vector_param_shape_ok(const ov::PartialShape& ps, const ov::Dimension& ic) 
 // True when every value is finite and >= 0 (-0.0 included). Branch-free on the bit patterns so that it
 // vectorizes: validate_and_infer_types() runs on every inference of a dynamic-shape model (the CPU plugin's
 // shape-inference fallback clones the op), and a per-channel threshold has IC values.
-bool all_finite_non_negative(const float* p, size_t n) {
+bool all_finite_non_negative(const void* p, size_t n) {
     uint32_t bad = 0;
     for (size_t i = 0; i < n; ++i) {
         uint32_t u;
-        std::memcpy(&u, p + i, sizeof(u));
+        std::memcpy(&u, static_cast<const char*>(p) + i * sizeof(u), sizeof(u));
         const uint32_t mag = u & 0x7FFFFFFFu;
         bad |= static_cast<uint32_t>(mag >= 0x7F800000u) | ((u >> 31) & static_cast<uint32_t>(mag != 0));
     }
@@ -288,14 +308,15 @@ void SCAPFullyConnected::validate_and_infer_types() {
                           t_ps);
     if (const auto* c = ov::as_type<const ov::op::v0::Constant>(get_input_node_ptr(THRESHOLD))) {
         if (c->get_element_type() == ov::element::f32) {
-            const float* p = c->get_data_ptr<float>();
+            const void* p = c->get_data_ptr();  // possibly misaligned (IR constant): see f32_at
             const size_t n = ov::shape_size(c->get_shape());
             if (!all_finite_non_negative(p, n)) {
                 for (size_t i = 0; i < n; ++i) {
+                    const float v = f32_at(p, i);
                     NODE_VALIDATION_CHECK(this,
-                                          std::isfinite(p[i]) && p[i] >= 0.0f,
+                                          std::isfinite(v) && v >= 0.0f,
                                           "SCAPFullyConnected threshold must be finite and >= 0, got ",
-                                          p[i],
+                                          v,
                                           " at index ",
                                           i);
                 }
@@ -430,11 +451,12 @@ bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVec
         a.n_groups = 1;
         a.group_size = IC;
     }
-    a.mode = m.data<const float>();
+    std::vector<float> mode_copy, thr_copy, bias_copy;  // only filled for misaligned constants (f32_aligned)
+    a.mode = f32_aligned(m, mode_copy);
     a.mode_vec = n_mode != 1;
-    a.thr = t.data<const float>();
+    a.thr = f32_aligned(t, thr_copy);
     a.thr_vec = n_thr != 1;
-    a.bias = n_bias ? b.data<const float>() : nullptr;
+    a.bias = n_bias ? f32_aligned(b, bias_copy) : nullptr;
     a.y = y.data<float>();
     if (a.M == 0 || OC == 0)
         return true;
