@@ -7,9 +7,27 @@
 #include <new>
 #include <openvino/core/parallel.hpp>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/kernel.hpp"
+
+#if defined(SCAP_OV_SANITIZE)
+// Sanitizer builds (CMake option SCAP_OV_SANITIZE): the reused buffers below are usually larger than the
+// current call needs, so a plain ASan build would not notice an access past what the call asked for. Here the
+// unused tail is poisoned (ASan then reports such an access as for a fresh allocation of the requested size)
+// and the requested part is filled with 0xFF bytes (NaN floats, -1 indices), so reading anything the current
+// call has not written shows up as a NaN in the output or an out-of-bounds index, not as a stale value that
+// happens to be right. Normal builds compile none of this.
+#include <sanitizer/asan_interface.h>
+#define SCAP_SAN_UNPOISON(p, bytes) ASAN_UNPOISON_MEMORY_REGION((p), (bytes))
+#define SCAP_SAN_POISON(p, bytes) ASAN_POISON_MEMORY_REGION((p), (bytes))
+#define SCAP_SAN_GARBAGE(p, bytes) ((bytes) != 0 ? (void)std::memset((p), 0xFF, (bytes)) : (void)0)
+#else
+#define SCAP_SAN_UNPOISON(p, bytes) ((void)0)
+#define SCAP_SAN_POISON(p, bytes) ((void)0)
+#define SCAP_SAN_GARBAGE(p, bytes) ((void)0)
+#endif
 
 namespace scap_ov {
 namespace kernels {
@@ -51,11 +69,14 @@ struct Scratch {
         ::operator delete[](p, std::align_val_t(64));
     }
     float* get(size_t count) {
+        SCAP_SAN_UNPOISON(p, n * sizeof(float));
         if (count > n) {
             ::operator delete[](p, std::align_val_t(64));
             p = static_cast<float*>(::operator new[](count * sizeof(float), std::align_val_t(64)));
             n = count;
         }
+        SCAP_SAN_GARBAGE(p, count * sizeof(float));
+        SCAP_SAN_POISON(p + count, (n - count) * sizeof(float));
         return p;
     }
 };
@@ -69,8 +90,12 @@ float* thread_scratch(size_t count) {
 // calls; concurrent infer requests run on different threads and so never share them.
 template <typename T>
 T* call_buffer(std::vector<T>& v, size_t count) {
+    SCAP_SAN_UNPOISON(v.data(), v.capacity() * sizeof(T));
     if (v.size() < count)
         v.resize(count);
+    if constexpr (std::is_arithmetic_v<T>)
+        SCAP_SAN_GARBAGE(v.data(), count * sizeof(T));
+    SCAP_SAN_POISON(v.data() + count, (v.capacity() - count) * sizeof(T));
     return v.data();
 }
 struct CallBuffers {
