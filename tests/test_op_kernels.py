@@ -6,11 +6,19 @@ which the extension reads on every evaluate() call, so one process can compare t
 (the oracle kernel) with the SIMD paths without a subprocess per example.
 
 ``SCAP_OV_FUZZ_EXAMPLES`` raises the number of hypothesis examples per weight format (default 12).
+``SCAP_OV_FUZZ_REPORT=path.json`` turns the random-case property test into a fuzz campaign (``scripts/fuzz.sh``):
+a mismatching case is recorded (with the numpy seed that rebuilds it) instead of stopping hypothesis, every
+generated case runs, and at the end of the module the JSON report (cases, mismatches, duration, seed, ISAs) is
+written and the run fails if any case mismatched.
 """
 from __future__ import annotations
 
+import json
 import os
+import platform
+import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import openvino as ov
@@ -24,6 +32,7 @@ from scap_ov.extension import extension_path
 FUZZ_EXAMPLES = int(os.environ.get("SCAP_OV_FUZZ_EXAMPLES", "12"))
 WEIGHT_TYPES = ("f32", "f16", "bf16", "i8", "u8", "i4", "u4")
 ISAS = ("scalar", "avx2", "avx512")
+FUZZ_REPORT = os.environ.get("SCAP_OV_FUZZ_REPORT")
 
 
 @pytest.fixture(scope="module")
@@ -200,13 +209,101 @@ def fc_cases(draw, wtype):
     )
 
 
+def cpu_model() -> str:
+    try:
+        return next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def effective_isas() -> dict[str, str]:
+    """SCAP_OV_ISA cap -> the kernel ISA the extension runs with it on this CPU (mirrors kernels/dispatch.cpp)."""
+    try:
+        flags = set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                         if ln.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    best = "scalar"
+    if {"avx2", "fma", "f16c", "bmi2"} <= flags:
+        best = "avx2"
+        if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+            best = "avx512"
+    return {cap: min(cap, best, key=ISAS.index) for cap in ISAS}
+
+
+class FuzzStats:
+    """Counts of one fuzz campaign (SCAP_OV_FUZZ_REPORT) across the weight formats of this module."""
+
+    def __init__(self, seed):
+        self.seed = seed
+        self.t0 = time.time()
+        self.cases = {w: 0 for w in WEIGHT_TYPES}
+        self.mismatches: list[dict] = []
+
+    def report(self) -> dict:
+        duration = time.time() - self.t0
+        total = sum(self.cases.values())
+        return {
+            "test": "tests/test_op_kernels.py::test_random_cases_match_oracle_and_scalar",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "cases": total,
+            "cases_per_weight_type": self.cases,
+            "mismatches": len(self.mismatches),
+            "mismatch_cases": self.mismatches[:50],
+            "duration_s": round(duration, 1),
+            "cases_per_s": round(total / duration, 3) if duration > 0 else None,
+            "hypothesis_seed": self.seed,
+            "examples_per_weight_type": FUZZ_EXAMPLES,
+            "isas_compared": effective_isas(),  # each case: every cap's output vs the oracle and vs scalar
+            "cpu": cpu_model(),
+            "extension": extension_path(),
+            "sanitized": "libasan" in os.environ.get("LD_PRELOAD", ""),
+        }
+
+    def write(self, complete: bool) -> dict:
+        """(Re)write the report; also done every 100 cases (complete=false) so an interrupted run leaves one."""
+        rep = {"complete": complete, **self.report()}
+        path = Path(FUZZ_REPORT)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(rep, indent=1) + "\n")
+        tmp.replace(path)
+        return rep
+
+
+@pytest.fixture(scope="module")
+def fuzz_stats(request):
+    if not FUZZ_REPORT:
+        yield None
+        return
+    stats = FuzzStats(request.config.getoption("hypothesis_seed", None))
+    yield stats
+    rep = stats.write(complete=True)
+    print(f"\nfuzz: {rep['cases']} cases, {rep['mismatches']} mismatches, {rep['duration_s']} s "
+          f"({rep['cases_per_s']} cases/s), seed {rep['hypothesis_seed']} -> {FUZZ_REPORT}")
+    if stats.mismatches:
+        pytest.fail(f"fuzz: {len(stats.mismatches)} of {rep['cases']} cases mismatched; see {FUZZ_REPORT}")
+
+
 @pytest.mark.parametrize("wtype", WEIGHT_TYPES)
 @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_random_cases_match_oracle_and_scalar(core, wtype, data):
+def test_random_cases_match_oracle_and_scalar(core, fuzz_stats, wtype, data):
     p = data.draw(fc_cases(wtype))
-    rng = np.random.default_rng(p.pop("seed"))
-    check_case(core, rng, wtype, **p)
+    seed = p.pop("seed")
+    rng = np.random.default_rng(seed)
+    if fuzz_stats is None:
+        check_case(core, rng, wtype, **p)
+        return
+    fuzz_stats.cases[wtype] += 1
+    try:
+        check_case(core, rng, wtype, **p)
+    except Exception as exc:  # record and go on: the campaign counts every mismatching case
+        # rebuild with: check_case(core, np.random.default_rng(seed), wtype, **params)
+        fuzz_stats.mismatches.append(dict(wtype=wtype, seed=seed, params=p, error=str(exc)[:500]))
+    if sum(fuzz_stats.cases.values()) % 100 == 0:
+        fuzz_stats.write(complete=False)
 
 
 # --------------------------------------------------------------------------------------------------------
