@@ -65,7 +65,9 @@ def test_interrupted_real_export_leaves_previous_output_intact(tmp_path, sig):
     assert "calibrating on" in seen, seen[-2000:]
     time.sleep(3)
     proc.send_signal(sig)
-    proc.communicate(timeout=120)
+    # Python handles the signal between bytecodes, after the running OpenVINO inference returns: on a loaded
+    # 2-core machine that took over 120 s once (CI next to benchmarks), so allow 5 minutes.
+    proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert sorted(p.name for p in out.iterdir()) == ["previous.txt"]
     assert _leftovers(tmp_path) == []
