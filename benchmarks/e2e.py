@@ -227,9 +227,24 @@ def plot(result: dict, png: Path) -> None:
     fig.savefig(png, dpi=120)
 
 
+def table(result: dict) -> str:
+    """The README's end-to-end table (markdown) from a result JSON."""
+    lines = ["| model | weights | sparsity | runtime | dense tok/s | SCAP tok/s | decode speedup | prefill SCAP/dense "
+             "| ppl dense → SCAP |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["records"]:
+        ppl = "random weights" if r["ppl_dense"] is None else (
+            f"{r['ppl_dense']:.2f} → {r['ppl_scap']:.2f} ({r['ppl_ratio']:.3f}×)"
+            + (" ≤5% point" if r.get("ppl_within_5pct_point") else ""))
+        lines.append(f"| {r['model']} | {r['weight_format']} | {r['sparsity']:g} | {r['runtime']} | "
+                     f"{r['dense_tok_s']:.1f} | {r['scap_tok_s']:.1f} | {r['speedup']:.2f}× | "
+                     f"{r['prefill_ratio']:.2f} | {ppl} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json", required=True, type=Path, help="output JSON (a PNG plot is written next to it)")
+    ap.add_argument("--json", type=Path, help="output JSON (a PNG plot is written next to it)")
+    ap.add_argument("--table", type=Path, help="print the markdown table of an existing result JSON and exit")
     ap.add_argument("--quick", action="store_true",
                     help="SmolLM2 fp32 at 0.3 and a 1-layer slice in fp32/int4, genai only, fewer tokens")
     ap.add_argument("--work", type=Path, default=assets.cache_dir() / "bench", help="cache of exported folders")
@@ -245,6 +260,11 @@ def main(argv=None) -> int:
     ap.add_argument("--ppl-windows", type=int, default=None)
     ap.add_argument("--prepare-only", action="store_true", help="export into --work and stop (no timing)")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return 0
+    if not args.json:
+        ap.error("--json is required")
     quick = args.quick
     args.formats = args.formats or (["fp32"] if quick else list(FORMATS))
     args.runtimes = args.runtimes or (["genai"] if quick else list(RUNTIMES))
@@ -290,6 +310,7 @@ def main(argv=None) -> int:
     }, "records": records}
     write_json(args.json, result)
     plot(result, args.json.with_suffix(".png"))
+    print(table(result))
     print(f"{len(records)} records in {result['meta']['seconds']:.0f} s -> {args.json}")
     return 0
 

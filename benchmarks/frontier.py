@@ -11,6 +11,7 @@ usage: python benchmarks/frontier.py --json out.json [--quick]
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -83,9 +84,22 @@ def plot(result: dict, png: Path) -> None:
     fig.savefig(png, dpi=120)
 
 
+def table(result: dict) -> str:
+    """The README's frontier table (markdown) from a result JSON."""
+    dense = result["dense"]
+    lines = ["| method | budget | realised FC-weight-byte sparsity | perplexity (× dense) | cloze accuracy |",
+             "|---|---|---|---|---|",
+             f"| dense | – | 0 | {dense['perplexity']:.2f} | {dense['cloze_accuracy']:.3f} |"]
+    for r in sorted(result["records"], key=lambda r: (r["budget"], r["method"])):
+        lines.append(f"| {r['method']} | {r['budget']:.2f} | {r['fc_weight_sparsity']:.3f} | "
+                     f"{r['perplexity']:.2f} ({r['ppl_ratio']:.3f}×) | {r['cloze_accuracy']:.3f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json", required=True, type=Path, help="output JSON (a PNG is written next to it)")
+    ap.add_argument("--json", type=Path, help="output JSON (a PNG is written next to it)")
+    ap.add_argument("--table", type=Path, help="print the markdown table of an existing result JSON and exit")
     ap.add_argument("--quick", action="store_true", help="teal and greedy at 0.4, small calibration and evaluation")
     ap.add_argument("--methods", nargs="*", choices=list(METHODS), default=None)
     ap.add_argument("--budgets", nargs="*", type=float, default=None)
@@ -94,6 +108,11 @@ def main(argv=None) -> int:
     ap.add_argument("--windows", type=int, default=None, help="perplexity windows of 512 tokens")
     ap.add_argument("--cloze", type=int, default=None, help="cloze items")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return 0
+    if not args.json:
+        ap.error("--json is required")
     args.methods = args.methods or (["teal", "greedy"] if args.quick else list(METHODS))
     args.budgets = args.budgets or ([0.4] if args.quick else list(BUDGETS))
     args.samples = args.samples or (8 if args.quick else 32)
@@ -118,6 +137,7 @@ def main(argv=None) -> int:
               "records": records}
     write_json(args.json, result)
     plot(result, args.json.with_suffix(".png"))
+    print(table(result))
     print(f"{len(records)} points in {result['meta']['seconds']:.0f} s -> {args.json}")
     return 0
 
