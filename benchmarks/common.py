@@ -1,8 +1,19 @@
-"""What every benchmark script records: the machine, and its JSON result written atomically."""
+"""What every benchmark script shares: offline run-time settings, the package import, the machine, and
+its JSON result written atomically. Import this module first."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import sys
 from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may reach a hub at run time
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+try:
+    import scap_ov  # noqa: F401
+except ImportError:  # running from a checkout without an install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def cpu_name() -> str:
@@ -22,3 +33,29 @@ def write_json(path: Path, result: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=1))
     tmp.replace(path)
+
+
+def publish(path: Path, result: dict, plot, table) -> None:
+    """Write the result JSON, its PNG beside it (``plot(result, png)``) and print its markdown table."""
+    write_json(path, result)
+    plot(result, Path(path).with_suffix(".png"))
+    print(table(result))
+
+
+def result_parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every result-writing benchmark has: --json OUT, --table JSON."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--json", type=Path, help="output JSON (a PNG is written next to it)")
+    parser.add_argument("--table", type=Path, help="print the markdown table of an existing result JSON and exit")
+    return parser
+
+
+def parse_or_print_table(parser: argparse.ArgumentParser, argv, table):
+    """Parsed arguments, or None after printing ``table`` of the --table JSON (nothing left to run)."""
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.table.read_text())))
+        return None
+    if not args.json:
+        parser.error("--json is required")
+    return args

@@ -19,7 +19,6 @@ usage: python benchmarks/e2e.py --json out.json [--quick]
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import logging
@@ -33,19 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-try:
-    import scap_ov  # noqa: F401
-except ImportError:  # running from a checkout without an install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import cpu_name, parse_or_print_table, publish, result_parser  # first: offline settings, checkout on sys.path
 
 import openvino as ov
 
 from scap_ov import assets
 from scap_ov.compression import WeightFormat
 from scap_ov.config import CalibrationConfig, parse_targets
-from common import cpu_name, write_json
 from scap_ov.export import dense_ir, is_ir_folder
 from scap_ov.fsutil import atomic_output_dir
 from scap_ov.pipeline import evaluate_folder, export_dense, export_scap
@@ -242,9 +235,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json", type=Path, help="output JSON (a PNG plot is written next to it)")
-    ap.add_argument("--table", type=Path, help="print the markdown table of an existing result JSON and exit")
+    ap = result_parser(__doc__)
     ap.add_argument("--quick", action="store_true",
                     help="SmolLM2 fp32 at 0.3 and a 1-layer slice in fp32/int4, genai only, fewer tokens")
     ap.add_argument("--work", type=Path, default=assets.cache_dir() / "bench", help="cache of exported folders")
@@ -259,12 +250,9 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=None)
     ap.add_argument("--ppl-windows", type=int, default=None)
     ap.add_argument("--prepare-only", action="store_true", help="export into --work and stop (no timing)")
-    args = ap.parse_args(argv)
-    if args.table:
-        print(table(json.loads(args.table.read_text())))
+    args = parse_or_print_table(ap, argv, table)
+    if args is None:
         return 0
-    if not args.json:
-        ap.error("--json is required")
     quick = args.quick
     args.formats = args.formats or (["fp32"] if quick else list(FORMATS))
     args.runtimes = args.runtimes or (["genai"] if quick else list(RUNTIMES))
@@ -308,9 +296,7 @@ def main(argv=None) -> int:
         "ppl_windows_x256": args.ppl_windows, "slice_layers": args.slice_layers, "smollm2_calibration": args.samples,
         "seconds": round(time.time() - started, 1),
     }, "records": records}
-    write_json(args.json, result)
-    plot(result, args.json.with_suffix(".png"))
-    print(table(result))
+    publish(args.json, result, plot, table)
     print(f"{len(records)} records in {result['meta']['seconds']:.0f} s -> {args.json}")
     return 0
 

@@ -10,22 +10,12 @@ usage: python benchmarks/frontier.py --json out.json [--quick]
 """
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-try:
-    import scap_ov  # noqa: F401
-except ImportError:  # running from a checkout without an install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import cpu_name, write_json
+from common import cpu_name, parse_or_print_table, publish, result_parser  # first: offline settings, checkout on sys.path
 from scap_ov import assets
 from scap_ov.artifact import ARTIFACT_NAME, Artifact
 from scap_ov.config import CalibrationConfig, parse_targets
@@ -97,9 +87,7 @@ def table(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--json", type=Path, help="output JSON (a PNG is written next to it)")
-    ap.add_argument("--table", type=Path, help="print the markdown table of an existing result JSON and exit")
+    ap = result_parser(__doc__)
     ap.add_argument("--quick", action="store_true", help="teal and greedy at 0.4, small calibration and evaluation")
     ap.add_argument("--methods", nargs="*", choices=list(METHODS), default=None)
     ap.add_argument("--budgets", nargs="*", type=float, default=None)
@@ -107,12 +95,9 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=None, help="calibration windows of 256 tokens")
     ap.add_argument("--windows", type=int, default=None, help="perplexity windows of 512 tokens")
     ap.add_argument("--cloze", type=int, default=None, help="cloze items")
-    args = ap.parse_args(argv)
-    if args.table:
-        print(table(json.loads(args.table.read_text())))
+    args = parse_or_print_table(ap, argv, table)
+    if args is None:
         return 0
-    if not args.json:
-        ap.error("--json is required")
     args.methods = args.methods or (["teal", "greedy"] if args.quick else list(METHODS))
     args.budgets = args.budgets or ([0.4] if args.quick else list(BUDGETS))
     args.samples = args.samples or (8 if args.quick else 32)
@@ -135,9 +120,7 @@ def main(argv=None) -> int:
                        "cloze_items": args.cloze, "seconds": round(time.time() - started, 1)},
               "dense": {"perplexity": dense.perplexity, "cloze_accuracy": dense.cloze_accuracy},
               "records": records}
-    write_json(args.json, result)
-    plot(result, args.json.with_suffix(".png"))
-    print(table(result))
+    publish(args.json, result, plot, table)
     print(f"{len(records)} points in {result['meta']['seconds']:.0f} s -> {args.json}")
     return 0
 
