@@ -20,7 +20,6 @@ usage: python benchmarks/e2e.py --json out.json [--quick]
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import os
 import platform
@@ -28,6 +27,7 @@ import shutil
 import statistics
 import sys
 import time
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ from common import cpu_name, parse_or_print_table, publish, result_parser  # fir
 import openvino as ov
 
 from scap_ov import assets
+from scap_ov.artifact import ARTIFACT_NAME, Artifact
 from scap_ov.compression import WeightFormat
 from scap_ov.config import CalibrationConfig, parse_targets
 from scap_ov.export import dense_ir, is_ir_folder
@@ -82,7 +83,11 @@ class Variant:
     def __init__(self, model: str, fmt: str, sparsity: float, dense: Path, scap: Path):
         self.model, self.fmt, self.sparsity, self.dense, self.scap = model, fmt, sparsity, dense, scap
         self.ppl_dense = self.ppl_scap = None
-        self.weight_format = ""
+
+    @cached_property
+    def weight_format(self) -> str:
+        """The stored FC weight format the SCAP export recorded, e.g. int4_sym_g64."""
+        return Artifact.load(self.scap / ARTIFACT_NAME).calibration.get("weight_format", self.fmt)
 
 
 def prepare(args, model: str, fmt: str, sparsities: list[float]) -> list[Variant]:
@@ -276,8 +281,6 @@ def main(argv=None) -> int:
     vocab = {SMOLLM: 49152, SLICE: SLICE_VOCAB}
     for variant in plan:
         perplexities(variant, args.ppl_windows, ppl_cache)
-        variant.weight_format = json.loads((variant.scap / "scap_calibration.json").read_text())[
-            "calibration"].get("weight_format", variant.fmt)
         prompt = np.random.default_rng(1).integers(3, vocab[variant.model], (1, args.prompt_tokens), dtype=np.int64)
         for runtime in args.runtimes:
             log.info("measure %s %s s=%.2f %s", variant.model, variant.weight_format, variant.sparsity, runtime)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -69,9 +69,6 @@ class WeightFormat:
         kind = "sym" if self.sym else "asym"
         group = "" if self.group_size in (None, -1) else f"_g{self.group_size}"
         return f"{self.name}_{kind}{group}"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def apply(self, model: ov.Model) -> ov.Model:
         """The model with its weights in this format (NNCF data-free compression for int8/int4)."""

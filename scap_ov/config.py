@@ -9,7 +9,7 @@ from scap_ov.layers import LAYER_TYPES
 
 MODES = ("zero", "median", "kde")
 # scap: every FC at its layer type's target (SCAP as published). teal: the same, zero-centred (TEAL-uniform).
-# greedy: the model-level budget allocated across (layer type, block group) by measured end-model KL.
+# greedy: the model-level budget allocated across (shared input, block group) by measured end-model KL.
 METHODS = ("scap", "teal", "greedy")
 DEFAULT_SPARSITY = 0.4
 
@@ -39,7 +39,7 @@ class CalibrationConfig:
     seq_len: int = 256
     refine_passes: int = 1  # re-observe inputs in the pruned model and re-solve tau (see calibrate())
     method: str = "scap"
-    blocks_per_group: int = 10  # greedy: blocks whose FCs of one type share a target
+    blocks_per_group: int = 10  # greedy: blocks whose FCs reading one kind of input share a target
     probe_windows: int = 4  # greedy: calibration windows the end-model KL is measured on
 
     @property

@@ -59,12 +59,7 @@ def find_fcs(model: ov.Model, patterns: dict[str, str] | None = None) -> list[FC
     patterns = patterns or DEFAULT_LAYER_PATTERNS
     compiled = {t: re.compile(p) for t, p in patterns.items()}
     fcs, seen = [], set()
-    for node in model.get_ordered_ops():
-        if node.get_type_name() != "MatMul":
-            continue
-        chain = match_weight_chain(node)
-        if chain is None:
-            continue
+    for node, chain in weighted_matmuls(model):
         name = module_name(node.get_friendly_name())
         for layer_type, regex in compiled.items():
             m = regex.search(name)

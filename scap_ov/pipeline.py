@@ -99,6 +99,7 @@ def export_dense(output: Path, model: str = assets.DEFAULT_MODEL, weight_format:
                  overwrite: bool = False) -> Path:
     """A dense (no SCAP) model folder with weights in ``weight_format``: what ``optimum-cli export openvino
     --weight-format`` writes. The baseline SCAP is measured against, and a pre-quantized ``--model``."""
+    weight_format = weight_format.validate() if weight_format else None
     output = Path(output)
     check_output_dir(output, overwrite)
     ir_folder = dense_ir(model)

@@ -135,11 +135,11 @@ def _fuse(group: list[_Prepared], native: bool) -> None:
         p.match.last.output(0).replace(split.output(i))
 
 
-class FuseSCAPFullyConnected(MatcherPass):
-    """Portable SCAP pattern (+ folded-bias Add) -> SCAPFullyConnected, or, with ``collect``, only record
-    the matches there (apply_fusion groups siblings first)."""
+class FindSCAPPatterns(MatcherPass):
+    """Record every portable SCAP pattern (+ folded-bias Add) in ``found``; the graph is left as is, so
+    fuse_portable can group siblings before fusing."""
 
-    def __init__(self, native: bool = True, collect: list[_Match] | None = None):
+    def __init__(self, found: list[_Match]):
         super().__init__()
         x, mode, tau, zero, weight, bias = (AnyInput(), WrapType("opset1.Constant"), WrapType("opset1.Constant"),
                                             WrapType("opset1.Constant"), AnyInput(), WrapType("opset1.Constant"))
@@ -151,18 +151,11 @@ class FuseSCAPFullyConnected(MatcherPass):
 
         def callback(matcher: Matcher) -> bool:
             v = matcher.get_pattern_value_map()
-            match = _Match(v[add].get_node(), v[matmul].get_node(), v[x], v[mode].get_node(), v[tau].get_node(),
-                           v[zero].get_node(), v[bias].get_node())
-            if collect is not None:
-                collect.append(match)
-                return False
-            prepared = _prepare(match)
-            if prepared is None:
-                return False
-            _fuse([prepared], native)
-            return True
+            found.append(_Match(v[add].get_node(), v[matmul].get_node(), v[x], v[mode].get_node(),
+                                v[tau].get_node(), v[zero].get_node(), v[bias].get_node()))
+            return False
 
-        self.register_matcher(Matcher(add, "FuseSCAPFullyConnected"), callback)
+        self.register_matcher(Matcher(add, "FindSCAPPatterns"), callback)
 
 
 class FuseNNCFSparsifiedFullyConnected(MatcherPass):
@@ -187,33 +180,28 @@ class FuseNNCFSparsifiedFullyConnected(MatcherPass):
         self.register_matcher(Matcher(matmul, "FuseNNCFSparsifiedFullyConnected"), callback)
 
 
-def merge_siblings(model: ov.Model, native: bool = True) -> int:
-    """Fuse each set of sibling SCAP FCs (same input, mode, threshold, weight format) into one op; the
-    number of FCs merged."""
-    matches: list[_Match] = []
+def fuse_portable(model: ov.Model, native: bool = True, merge: bool = True) -> int:
+    """Fuse every portable SCAP FC the op can take; with ``merge``, siblings (same input, mode, threshold,
+    weight format) share one op. Returns the number of FCs fused."""
+    found: list[_Match] = []
     manager = ov.passes.Manager()
-    manager.register_pass(FuseSCAPFullyConnected(native, collect=matches))
+    manager.register_pass(FindSCAPPatterns(found))
     manager.run_passes(model)
-    groups: dict[tuple, list[_Prepared]] = {}
-    for match in matches:
-        prepared = _prepare(match)
+    groups: dict[object, list[_Prepared]] = {}
+    for i, match in enumerate(found):
+        prepared = _prepare(match)  # packs the weights: once per FC
         if prepared is not None:
-            groups.setdefault(prepared.merge_key(), []).append(prepared)
-    merged = 0
+            groups.setdefault(prepared.merge_key() if merge else i, []).append(prepared)
     for group in groups.values():
-        if len(group) > 1:
-            _fuse(group, native)
-            merged += len(group)
-    return merged
+        _fuse(group, native)
+    return sum(len(group) for group in groups.values())
 
 
 def apply_fusion(model: ov.Model, native: bool = True, merge: bool = True) -> ov.Model:
     """Apply pass B in place: every SCAP / NNCF-sparsified FC becomes a SCAPFullyConnected (siblings share
     one when ``merge``); other nodes stay."""
-    if merge:
-        merge_siblings(model, native)
+    fuse_portable(model, native, merge)
     manager = ov.passes.Manager()
-    manager.register_pass(FuseSCAPFullyConnected(native))
     manager.register_pass(FuseNNCFSparsifiedFullyConnected(native))
     manager.run_passes(model)
     return model

@@ -70,7 +70,12 @@ class SensitivityProbe:
         self.fcs = fcs
         self.windows = windows
         self.set_taus({})
-        self.reference = [_log_softmax(self.evaluator.forward(w)[0]) for w in windows]
+        # Per window: dense probabilities p and sum(p log p), so a probe costs one log-softmax, not two.
+        self.reference = []
+        for w in windows:
+            logp = _log_softmax(self.evaluator.forward(w)[0])
+            p = np.exp(logp)
+            self.reference.append((p, float((p * logp).sum())))
 
     def set_taus(self, taus: dict[str, float]) -> None:
         for fc in self.fcs:
@@ -81,9 +86,8 @@ class SensitivityProbe:
         """Mean per-token KL(dense || pruned) with ``taus`` (FCs not named stay dense)."""
         self.set_taus(taus)
         total = count = 0.0
-        for window, ref in zip(self.windows, self.reference):
-            logp = _log_softmax(self.evaluator.forward(window)[0])
-            total += float((np.exp(ref) * (ref - logp)).sum())
+        for window, (p, p_log_p) in zip(self.windows, self.reference):
+            total += p_log_p - float((p * _log_softmax(self.evaluator.forward(window)[0])).sum())
             count += len(window)
         return total / count
 
