@@ -19,29 +19,40 @@ from common import cpu_name, parse_or_print_table, publish, result_parser  # fir
 from scap_ov import assets
 from scap_ov.artifact import ARTIFACT_NAME, Artifact
 from scap_ov.config import CalibrationConfig, parse_targets
+from scap_ov.errors import ScapError
 from scap_ov.export import dense_ir, is_ir_folder
 from scap_ov.pipeline import evaluate_folder, export_scap
 
 log = logging.getLogger("scap_ov.frontier")
-# method name in the table -> (CalibrationConfig method, mode)
-METHODS = {"teal": ("teal", "zero"), "scap-kde": ("scap", "kde"), "greedy": ("greedy", "zero")}
+# method name in the table -> (CalibrationConfig method, mode, score)
+METHODS = {"teal": ("teal", "zero", "magnitude"), "cats": ("cats", "zero", "magnitude"),
+           "scap-kde": ("scap", "kde", "magnitude"), "channel": ("scap", "channel", "magnitude"),
+           "weighted": ("scap", "zero", "weighted"), "greedy": ("greedy", "zero", "magnitude"),
+           "greedy-weighted": ("greedy", "zero", "weighted")}
 BUDGETS = (0.25, 0.4, 0.5, 0.6)
 
 
-def point(args, method: str, budget: float) -> dict:
-    calib_method, mode = METHODS[method]
+def point(args, method: str, budget: float) -> dict | None:
+    """One exported and evaluated point; None when the method cannot reach ``budget`` (CATS above its share)."""
+    calib_method, mode, score = METHODS[method]
     folder = args.work / f"{method}-{budget:g}-{args.samples}x256"
     seconds = None
     if not is_ir_folder(folder):
         log.info("export %s at %.2f", method, budget)
         started = time.time()
         config = CalibrationConfig(targets=parse_targets(budget), mode=mode, method=calib_method,
-                                   samples=args.samples)
-        export_scap(folder, config=config, overwrite=True)
+                                   samples=args.samples, score=score)
+        try:
+            export_scap(folder, config=config, overwrite=True)
+        except ScapError as exc:
+            if "out of its reach" not in str(exc):
+                raise
+            log.info("%s at %.2f: skipped (%s)", method, budget, exc)
+            return None
         seconds = round(time.time() - started, 1)
     result = evaluate_folder(folder, windows=args.windows, seq_len=512, cloze=args.cloze, progress=False)
     calibration = Artifact.load(folder / ARTIFACT_NAME).calibration
-    return {"method": method, "mode": mode, "budget": budget, "fc_weight_sparsity": result.fc_weight_sparsity,
+    return {"method": method, "mode": mode, "score": score, "budget": budget, "fc_weight_sparsity": result.fc_weight_sparsity,
             "perplexity": result.perplexity, "cloze_accuracy": result.cloze_accuracy,
             "type_sparsity": result.type_sparsity, "calibration_seconds": seconds,
             "allocation": {k: v["target"] for k, v in calibration.get("allocation", {}).get("groups", {}).items()}}
@@ -110,7 +121,10 @@ def main(argv=None) -> int:
     records = []
     for method in args.methods:
         for budget in args.budgets:
-            records.append(point(args, method, budget))
+            record = point(args, method, budget)
+            if record is None:
+                continue
+            records.append(record)
             records[-1]["ppl_ratio"] = records[-1]["perplexity"] / dense.perplexity
             r = records[-1]
             log.info("%s %.2f: realised %.3f, ppl %.2f (x%.3f), cloze %.3f", method, budget,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from scap_ov.errors import ScapError
+from scap_ov.fsutil import atomic_file
 from scap_ov.layers import LAYER_TYPES
 
 SCHEMA = "scap-ov/calibration"
@@ -27,7 +28,7 @@ class FCThreshold:
     tau: float | list[float]  # scalar or per-input-channel threshold
     target_sparsity: float
     calibration_sparsity: float  # measured on the calibration tokens
-    method: str  # how m was chosen: zero | median | kde
+    method: str  # how m was chosen: zero | median | kde | channel; or cats (tau on act(gate) of a gated input)
 
     def validate(self) -> None:
         where = f"artifact entry {self.name!r}"
@@ -63,9 +64,8 @@ class Artifact:
 
     def save(self, path: Path) -> Path:
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            tmp.write_text(self.to_json())
         return path
 
     @classmethod

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from scap_ov.compression import WEIGHT_FORMATS
-from scap_ov.config import METHODS
+from scap_ov.config import METHODS, SCORES
 from scap_ov.errors import ScapError
 from scap_ov.layers import LAYER_TYPES
 
@@ -43,11 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--sparsity", type=float, default=None, help="target sparsity for every FC type (default 0.4)")
     ex.add_argument("--target", type=_type_target, action="append", default=[], metavar="TYPE=S",
                     help=f"per-layer-type target, repeatable; types: {', '.join(LAYER_TYPES)}")
-    ex.add_argument("--mode", default="zero", help="centre m: zero | median | kde (default zero)")
+    ex.add_argument("--mode", default="zero", help="centre m: zero | median | kde | channel (per-input-channel "
+                                                   "median) (default zero)")
+    ex.add_argument("--score", default="magnitude", choices=SCORES,
+                    help="threshold |x - m| (magnitude) or |x_j - m_j| * ||W[:, j]|| (weighted: weight-aware, a "
+                         "per-channel tau) (default magnitude)")
     ex.add_argument("--method", default="scap", choices=METHODS,
                     help="scap: every FC at its type's target; teal: the same, zero-centred (TEAL-uniform); "
                          "greedy: the --sparsity budget allocated across layer types and blocks by measured "
-                         "end-model KL (default scap)")
+                         "end-model KL; cats: CATS, a threshold on |act(gate)| (gate dense, up rows and down "
+                         "inputs sparse) meeting the --sparsity budget (default scap)")
     ex.add_argument("--calibration-data", default=None,
                     help="a .txt file, a .json list of strings, or a Hugging Face dataset name (online only); "
                          "default: three packaged Austen novels")
@@ -76,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--windows", type=int, default=32, help="perplexity windows (default 32)")
     ev.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     ev.add_argument("--cloze", type=int, default=200, help="cloze items (default 200, 0 to skip)")
+    ev.add_argument("--plot", type=Path, default=None,
+                    help="write a PNG of realised sparsity, tau and mode per layer (a SCAP folder's artifact)")
 
     ck = sub.add_parser("check", help="check that a SCAP model folder can be loaded here (IR, op schema, artifact, "
                                       "extension built for this OpenVINO release)")
@@ -96,7 +103,7 @@ def _export(args) -> int:
 
     config = CalibrationConfig(targets=parse_targets(args.sparsity, dict(args.target)), mode=args.mode,
                                samples=args.samples, seq_len=args.seq_len, refine_passes=args.refine_passes,
-                               method=args.method)
+                               method=args.method, score=args.score)
     weight_format = None
     if args.weight_format:
         weight_format = WeightFormat(args.weight_format, args.group_size, args.sym).validate()
@@ -117,16 +124,25 @@ def _export(args) -> int:
 
 
 def _eval(args) -> int:
+    from scap_ov.artifact import ARTIFACT_NAME, Artifact
+    from scap_ov.fsutil import atomic_file
     from scap_ov.pipeline import evaluate_folder
+    from scap_ov.report import plot_layers
 
     if args.windows < 1 or args.seq_len < 2 or args.cloze < 0:
         raise ScapError("--windows must be >= 1, --seq-len >= 2 and --cloze >= 0")
+    artifact = None
+    if args.plot:  # checked before the evaluation runs
+        if not (args.folder / ARTIFACT_NAME).is_file():
+            raise ScapError(f"--plot needs a SCAP folder: {args.folder} has no {ARTIFACT_NAME}")
+        artifact = Artifact.load(args.folder / ARTIFACT_NAME)
     result = evaluate_folder(args.folder, args.text, args.windows, args.seq_len, args.cloze)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(result.to_dict(), indent=1))
-        tmp.replace(args.json)
+        with atomic_file(args.json) as tmp:
+            tmp.write_text(json.dumps(result.to_dict(), indent=1))
+    if artifact is not None:
+        plot_layers(artifact, result.layer_sparsity, args.plot, f"{args.folder.name}: {artifact.model}")
+        print(f"per-layer plot: {args.plot}")
     cloze = "n/a" if result.cloze_accuracy is None else f"{result.cloze_accuracy:.3f} ({result.cloze_items} items)"
     types = ", ".join(f"{t} {s:.3f}" for t, s in result.type_sparsity.items())
     print(f"perplexity {result.perplexity:.3f} on {result.tokens} tokens; cloze accuracy {cloze}")

@@ -7,10 +7,15 @@ from dataclasses import dataclass, field
 from scap_ov.errors import ScapError
 from scap_ov.layers import LAYER_TYPES
 
-MODES = ("zero", "median", "kde")
+# Centre m: zero | median | kde (one scalar per FC, SCAP as published) | channel (per-input-channel median).
+MODES = ("zero", "median", "kde", "channel")
 # scap: every FC at its layer type's target (SCAP as published). teal: the same, zero-centred (TEAL-uniform).
 # greedy: the model-level budget allocated across (shared input, block group) by measured end-model KL.
-METHODS = ("scap", "teal", "greedy")
+# cats: CATS, a threshold on |act(gate)| only: gate stays dense, up (its rows) and down (its inputs) sparse.
+METHODS = ("scap", "teal", "greedy", "cats")
+# What is thresholded: magnitude |x - m|, or weighted |x_j - m_j| * ||W[:, j]|| (weight-aware: a per-channel tau;
+# FCs sharing an input use the norms of their stacked weights, so they keep one mask).
+SCORES = ("magnitude", "weighted")
 DEFAULT_SPARSITY = 0.4
 
 
@@ -39,6 +44,7 @@ class CalibrationConfig:
     seq_len: int = 256
     refine_passes: int = 1  # re-observe inputs in the pruned model and re-solve tau (see calibrate())
     method: str = "scap"
+    score: str = "magnitude"
     blocks_per_group: int = 10  # greedy: blocks whose FCs reading one kind of input share a target
     probe_windows: int = 4  # greedy: calibration windows the end-model KL is measured on
 
@@ -62,10 +68,13 @@ class CalibrationConfig:
             raise ScapError(f"--seq-len must be >= 8, got {self.seq_len}")
         if self.method not in METHODS:
             raise ScapError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
-        if self.method == "teal" and self.mode != "zero":
-            raise ScapError(f"TEAL thresholds are zero-centred: --method teal takes no --mode {self.mode}")
-        if self.method == "greedy" and len(set(self.targets.values())) > 1:
-            raise ScapError("--method greedy allocates one model-level --sparsity budget; per-type --target "
+        if self.score not in SCORES:
+            raise ScapError(f"unknown score {self.score!r} (choose from {', '.join(SCORES)})")
+        if self.method in ("teal", "cats") and (self.mode != "zero" or self.score != "magnitude"):
+            raise ScapError(f"{self.method.upper()} thresholds zero-centred magnitudes: --method {self.method} "
+                            f"takes no --mode {self.mode} / --score {self.score}")
+        if self.method in ("greedy", "cats") and len(set(self.targets.values())) > 1:
+            raise ScapError(f"--method {self.method} meets one model-level --sparsity budget; per-type --target "
                             "values do not apply")
         if self.blocks_per_group < 1 or self.probe_windows < 1:
             raise ScapError("blocks per group and probe windows must be >= 1")

@@ -35,8 +35,21 @@ class EvalResult:
         return asdict(self)
 
 
+def _output_sparse_fc(keep: ov.Node) -> str | None:
+    """CATS: a mask on act(gate) of act(gate) * up also idles the up FC's rows: the module name of that FC."""
+    for select in keep.output(0).get_target_inputs():
+        for consumer in select.get_node().output(0).get_target_inputs():
+            node = consumer.get_node()
+            if node.get_type_name() == "Multiply":
+                other = node.input_value(1 - consumer.get_index()).get_node()
+                if other.get_type_name() == "MatMul":
+                    return module_name(other.get_friendly_name())
+    return None
+
+
 def with_sparsity_outputs(model: ov.Model) -> ov.Model:
-    """A copy of ``model`` with one extra output per SCAP FC: the fraction of its inputs pruned."""
+    """A copy of ``model`` with one extra output per SCAP FC: the fraction of its inputs (CATS: also of the up
+    FC's rows) pruned."""
     model = model.clone()
     for node in model.get_ordered_ops():
         name = node.get_friendly_name()
@@ -44,8 +57,9 @@ def with_sparsity_outputs(model: ov.Model) -> ov.Model:
             kept = ops.convert(node.output(0), ov.Type.f32)
             axes = ops.constant(np.arange(len(node.get_output_partial_shape(0)), dtype=np.int64))
             pruned = ops.subtract(ops.constant(np.float32(1)), ops.reduce_mean(kept, axes))
+            fcs = filter(None, (module_name(name[: -len(KEEP_SUFFIX)]), _output_sparse_fc(node)))
             result = ops.result(pruned)
-            result.output(0).get_tensor().set_names({_SPARSITY_OUTPUT + module_name(name[: -len(KEEP_SUFFIX)])})
+            result.output(0).get_tensor().set_names({_SPARSITY_OUTPUT + fc for fc in fcs})
             model.add_results([result])
     return model
 
@@ -65,8 +79,8 @@ class Evaluator:
         self.request = self.compiled.create_infer_request()
         self.input_names = {n for port in self.compiled.inputs for n in port.get_names()}
         self.sparsity_outputs = {
-            port.get_any_name()[len(_SPARSITY_OUTPUT):]: port for port in self.compiled.outputs
-            if port.get_any_name().startswith(_SPARSITY_OUTPUT)
+            name[len(_SPARSITY_OUTPUT):]: port for port in self.compiled.outputs for name in port.get_names()
+            if name.startswith(_SPARSITY_OUTPUT)
         }
         self.logits_port = next(p for p in self.compiled.outputs if "logits" in p.get_names())
 

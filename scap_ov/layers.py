@@ -90,3 +90,32 @@ def require_fcs(model: ov.Model, patterns: dict[str, str] | None = None) -> list
         raise ScapError(f"no FC layer matches the layer patterns; weighted MatMuls found: {shown or 'none'}. "
                         "Pass layer patterns explicitly (--layers TYPE=REGEX)")
     return fcs
+
+
+# Activations of a gated MLP's gate (SwiGLU, GeGLU): down_proj reads act(gate(x)) * up(x).
+GATE_ACTIVATIONS = ("Swish", "Gelu", "HSwish", "Mish")
+
+
+@dataclass
+class GatedInput:
+    """An FC input of the form act(gate) * other, as down_proj's in a gated MLP."""
+    multiply: ov.Node
+    port: int  # the Multiply input that carries act(gate)
+
+    @property
+    def activation(self) -> ov.Output:
+        return self.multiply.input_value(self.port)
+
+    @property
+    def other(self) -> ov.Output:
+        return self.multiply.input_value(1 - self.port)
+
+
+def gated_input(fc: FC) -> GatedInput | None:
+    node = fc.activation.get_node()
+    if node.get_type_name() != "Multiply":
+        return None
+    for port in (0, 1):
+        if node.input_value(port).get_node().get_type_name() in GATE_ACTIVATIONS:
+            return GatedInput(node, port)
+    return None

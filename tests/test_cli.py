@@ -14,7 +14,7 @@ FAST_FAILURES = [
     (["--target", "attn=0.3"], "unknown layer type 'attn'"),
     (["--target", "down=1.5"], "sparsity of down must lie in [0, 1)"),
     (["--mode", "mean"], "unknown mode 'mean'"),
-    (["--method", "teal", "--mode", "median"], "TEAL thresholds are zero-centred"),
+    (["--method", "teal", "--mode", "median"], "TEAL thresholds zero-centred magnitudes"),
     (["--method", "greedy", "--target", "down=0.5"], "per-type --target values do not apply"),
     (["--samples", "0"], "--samples must be >= 1"),
     (["--refine-passes", "9"], "--refine-passes must lie in [0, 5]"),

@@ -46,6 +46,16 @@ def test_realised_sparsity_on_held_out_text_is_within_3_points(scap_folder):
     assert len(result.layer_sparsity) == 210
 
 
+def test_eval_cli_writes_the_result_and_the_per_layer_plot(scap_folder, tmp_path, capsys):
+    png, out = tmp_path / "layers.png", tmp_path / "eval.json"
+    code = main(["eval", str(scap_folder), "--windows", "2", "--seq-len", "128", "--cloze", "0", "--json", str(out),
+                 "--plot", str(png)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert len(result["layer_sparsity"]) == 210 and 0.3 < result["fc_weight_sparsity"] < 0.5
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
 def test_scap_quality_is_close_to_dense_and_cloze_is_real(scap_folder, dense_folder):
     dense = evaluate_folder(dense_folder, windows=4, seq_len=256, cloze=40, progress=False)
     scap = evaluate_folder(scap_folder, windows=4, seq_len=256, cloze=0, progress=False)

@@ -6,6 +6,9 @@ For each calibrated FC  y = W x (+ b):
     x'   = Select(keep, d, 0)
     y    = Add(MatMul(x', W), W m)             folded bias: exact algebra, computed once here
 The fused CPU op (pass B) matches exactly this shape; node names carry the ``/scap/`` suffixes below.
+
+CATS entries (``method == "cats"``) prune act(gate) of the FC's gated input act(gate) * up instead, zero-centred
+and without a bias: the FC (down_proj) then reads zeros there, and the up_proj rows feeding them are unused.
 """
 from __future__ import annotations
 
@@ -16,14 +19,15 @@ from openvino.passes import ModelPass
 
 from scap_ov.artifact import Artifact
 from scap_ov.errors import ScapError
-from scap_ov.layers import FC, find_fcs
+from scap_ov.layers import FC, find_fcs, gated_input
 
 RT_INFO_KEY = "scap_ov"  # model rt_info: artifact summary, so a saved IR says what produced it
 # Node-name suffixes other code looks for: input 0 of <matmul>/scap/centered is the FC's original (unpruned)
 # input; <matmul>/scap/keep is the keep mask.
 CENTERED_SUFFIX = "/scap/centered"
 KEEP_SUFFIX = "/scap/keep"
-TAU_INPUT_PREFIX = "scap_tau:"  # tunable models: one scalar f32 input per FC, named this + FC name
+TAU_INPUT_PREFIX = "scap_tau:"
+CATS_METHOD = "cats"  # artifact entry method: the threshold applies to act(gate) of the FC's gated input  # tunable models: one scalar f32 input per FC, named this + FC name
 
 
 def _as_f32(values, in_features: int, what: str, fc: FC) -> np.ndarray:
@@ -43,14 +47,21 @@ def folded_bias(fc: FC, mode: np.ndarray) -> np.ndarray:
     return (w @ m).astype(np.float32)
 
 
-def insert_pruning(fc: FC, mode: np.ndarray, tau: np.ndarray | ov.Node) -> None:
+def insert_pruning(fc: FC, mode: np.ndarray, tau: np.ndarray | ov.Node, cats: bool = False) -> None:
     base = fc.node_name + "/scap/"
-    x = fc.activation
+    gated = gated_input(fc) if cats else None
+    if cats and (gated is None or np.any(mode != 0)):
+        raise ScapError(f"artifact entry {fc.name} is a CATS threshold, but the FC's input is not act(gate) * up "
+                        "(or its mode is not 0)")
+    x = gated.activation if cats else fc.activation
     et = x.get_element_type()
     d = ops.subtract(x, ops.constant(mode, et, name=base + "mode"), name=base + "centered")
     tau = tau if isinstance(tau, ov.Node) else ops.constant(tau, et, name=base + "threshold")
     keep = ops.greater(ops.abs(d, name=base + "abs"), tau, name=base + "keep")
     pruned = ops.select(keep, d, ops.constant(np.float32(0), et, name=base + "zero"), name=base + "pruned")
+    if cats:
+        gated.multiply.input(gated.port).replace_source_output(pruned.output(0))
+        return
     fc.matmul.input(0).replace_source_output(pruned.output(0))
 
     consumers = list(fc.matmul.output(0).get_target_inputs())
@@ -85,7 +96,7 @@ class InsertSCAPPruning(ModelPass):
                 tau = ops.parameter(list(tau.shape), np.float32, name=TAU_INPUT_PREFIX + fc.name)
                 tau.output(0).get_tensor().set_names({TAU_INPUT_PREFIX + fc.name})
                 model.add_parameters([tau])
-            insert_pruning(fc, _as_f32(entry.mode, fc.in_features, "mode", fc), tau)
+            insert_pruning(fc, _as_f32(entry.mode, fc.in_features, "mode", fc), tau, entry.method == CATS_METHOD)
         model.set_rt_info(str(len(self.artifact.fcs)), [RT_INFO_KEY, "fc_count"])
         model.set_rt_info(str(self.artifact.version), [RT_INFO_KEY, "artifact_version"])
         model.validate_nodes_and_infer_types()

@@ -24,7 +24,6 @@ import openvino as ov
 from tqdm.auto import tqdm
 
 from scap_ov.artifact import Artifact, FCThreshold
-from scap_ov.calibration.statistics import InputStatistics
 from scap_ov.errors import ScapError
 from scap_ov.evaluation import Evaluator
 from scap_ov.layers import FC, SHARED_INPUT
@@ -55,6 +54,10 @@ def make_groups(fcs: list[FC], blocks_per_group: int) -> list[Group]:
     return groups
 
 
+def _listed(value) -> float | list[float]:
+    return np.asarray(value, dtype=float).tolist() if np.ndim(value) else float(value)
+
+
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
@@ -63,9 +66,11 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 class SensitivityProbe:
     """One compiled copy of the model with every FC's threshold as an input; KL from dense per setting."""
 
-    def __init__(self, model: ov.Model, fcs: list[FC], modes: dict[str, float], windows: np.ndarray,
-                 layer_patterns: dict[str, str] | None = None):
-        entries = [FCThreshold(fc.name, fc.layer_type, modes[fc.name], 0.0, 0.0, 0.0, "probe") for fc in fcs]
+    def __init__(self, model: ov.Model, fcs: list[FC], modes: dict[str, float | np.ndarray], windows: np.ndarray,
+                 layer_patterns: dict[str, str] | None = None, tau_shapes: dict[str, tuple] | None = None):
+        self.tau_shapes = {fc.name: (tau_shapes or {}).get(fc.name, ()) for fc in fcs}
+        entries = [FCThreshold(fc.name, fc.layer_type, _listed(modes[fc.name]),
+                               _listed(np.zeros(self.tau_shapes[fc.name])), 0.0, 0.0, "probe") for fc in fcs]
         self.evaluator = Evaluator(apply_portable(model.clone(), Artifact(fcs=entries), layer_patterns, tunable=True))
         self.fcs = fcs
         self.windows = windows
@@ -77,9 +82,10 @@ class SensitivityProbe:
             p = np.exp(logp)
             self.reference.append((p, float((p * logp).sum())))
 
-    def set_taus(self, taus: dict[str, float]) -> None:
+    def set_taus(self, taus: dict[str, float | np.ndarray]) -> None:
         for fc in self.fcs:
-            tau = np.array(taus.get(fc.name, DISABLED_TAU), dtype=np.float32)
+            tau = np.asarray(taus.get(fc.name, DISABLED_TAU), dtype=np.float32)
+            tau = np.broadcast_to(tau, self.tau_shapes[fc.name]).copy()
             self.evaluator.request.set_tensor(TAU_INPUT_PREFIX + fc.name, ov.Tensor(tau))
 
     def kl(self, taus: dict[str, float]) -> float:
@@ -123,17 +129,21 @@ def allocate(groups: list[Group], budget: float, cost: Callable[[Group, float], 
     return {g.name: levels[position[g.name]] for g in groups}
 
 
-def greedy_targets(model: ov.Model, fcs: list[FC], stats: dict[str, InputStatistics], modes: dict[str, float],
-                   windows: np.ndarray, budget: float, blocks_per_group: int,
+def greedy_targets(model: ov.Model, fcs: list[FC], tau_at: Callable[[FC, float], float | np.ndarray],
+                   modes: dict[str, float | np.ndarray], windows: np.ndarray, budget: float, blocks_per_group: int,
                    layer_patterns: dict[str, str] | None = None) -> tuple[dict[str, float], dict]:
-    """Per-FC targets meeting ``budget`` and a report (group curves and targets) for the artifact."""
+    """Per-FC targets meeting ``budget`` and a report (group curves and targets) for the artifact.
+
+    ``tau_at(fc, level)``: the FC's threshold (scalar or per channel) for sparsity ``level`` on the dense model.
+    """
     groups = make_groups(fcs, blocks_per_group)
-    probe = SensitivityProbe(model, fcs, modes, windows[:, :PROBE_TOKENS], layer_patterns)
+    shapes = {fc.name: np.shape(tau_at(fc, LEVELS[0])) for fc in fcs}
+    probe = SensitivityProbe(model, fcs, modes, windows[:, :PROBE_TOKENS], layer_patterns, shapes)
     progress = tqdm(desc="Allocation probes", unit="probe", leave=False)
 
     def cost(group: Group, level: float) -> float:
         progress.update()
-        return probe.kl({fc.name: stats[fc.name].histogram.threshold(modes[fc.name], level) for fc in group.fcs})
+        return probe.kl({fc.name: tau_at(fc, level) for fc in group.fcs})
 
     targets = allocate(groups, budget, cost)
     progress.close()

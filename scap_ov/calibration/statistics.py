@@ -3,7 +3,10 @@
 Each FC input gets a ``TensorCollector`` at NNCF's PRE_LAYER_OPERATION target point with two branches on a
 ``RawReducer``: a streaming signed-log histogram (thresholds, median, KDE) and a bounded reservoir of token
 rows (output error of candidate modes). Both are fixed-size, so memory does not grow with calibration
-tokens. NNCF merges the collectors of FCs that share an input (q/k/v, gate/up): one histogram per input.
+tokens. NNCF merges the reducers of FCs that share an input (q/k/v, gate/up): the tensor is read out once.
+
+A histogram can hold a per-FC *score* of the input instead of x itself, ``(x - shift) * scale`` per input
+channel (``Score``): thresholds of per-channel modes and weight-aware thresholds are quantiles of that score.
 """
 from __future__ import annotations
 
@@ -27,15 +30,33 @@ RESERVOIR_BRANCH = "reservoir"
 RESERVOIR_ROWS = 256
 
 
-class HistogramAggregator(AggregatorBase):
-    """Folds every registered activation tensor into one SignedLogHistogram."""
+@dataclass(frozen=True, eq=False)
+class Score:
+    """``(x - shift) * scale``, each a scalar or an [IC] vector over the input's last axis."""
+    shift: np.ndarray | float = 0.0
+    scale: np.ndarray | float = 1.0
 
-    def __init__(self):
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, np.float32) - self.shift) * self.scale
+
+
+class HistogramAggregator(AggregatorBase):
+    """Folds every registered activation tensor (or its ``score``) into one SignedLogHistogram."""
+
+    def __init__(self, score: Score | None = None):
         super().__init__(num_samples=None)
+        self.score = score
         self.histogram = SignedLogHistogram()
 
     def _register_reduced_input_impl(self, x) -> None:
-        self.histogram.update(x.data)
+        self.histogram.update(x.data if self.score is None else self.score(x.data))
+
+    # NNCF dedupes equal aggregators on one tensor: histograms of different scores must never compare equal.
+    def __eq__(self, other) -> bool:
+        return isinstance(other, HistogramAggregator) and self.score is other.score
+
+    def __hash__(self) -> int:
+        return hash((self.__class__.__name__, id(self.score)))
 
     def _aggregate_impl(self) -> SignedLogHistogram:
         return self.histogram
@@ -86,35 +107,30 @@ class InputStatistics:
     rows: np.ndarray  # [R, IC] sampled token rows
 
 
-def statistic_points(node_names: list[str], reservoir_rows: int = RESERVOIR_ROWS) -> StatisticPointsContainer:
-    """One collector at input 0 of each named node (NNCF merges those that observe the same tensor)."""
-    container = StatisticPointsContainer()
-    for node_name in node_names:
-        collector = TensorCollector()
+def collect(model: ov.Model, observed: dict[str, str | tuple[str, int]], dataset: nncf.Dataset, subset_size: int,
+            reservoir_rows: int = RESERVOIR_ROWS, scores: dict[str, Score] | None = None) -> dict[str, InputStatistics]:
+    """Run ``model`` over ``dataset`` and return statistics per key of ``observed``.
+
+    ``observed`` maps a key (FC name) to the node whose input to watch: a name (input 0) or (name, port).
+    ``scores`` (per key, optional): histogram that score of the input instead of the input itself.
+    """
+    container, collectors = StatisticPointsContainer(), {}
+    for key, where in observed.items():
+        node_name, port = (where, 0) if isinstance(where, str) else where
+        collector = collectors[key] = TensorCollector()
         reducer = RawReducer()
-        collector.register_statistic_branch(HISTOGRAM_BRANCH, reducer, HistogramAggregator())
+        collector.register_statistic_branch(HISTOGRAM_BRANCH, reducer, HistogramAggregator((scores or {}).get(key)))
         if reservoir_rows:
             collector.register_statistic_branch(RESERVOIR_BRANCH, reducer, ReservoirAggregator(reservoir_rows))
-        point = OVTargetPoint(TargetType.PRE_LAYER_OPERATION, node_name, 0)
+        point = OVTargetPoint(TargetType.PRE_LAYER_OPERATION, node_name, port)
         container.add_statistic_point(StatisticPoint(point, collector, ALGORITHM_KEY))
-    return container
-
-
-def collect(model: ov.Model, observed: dict[str, str], dataset: nncf.Dataset, subset_size: int,
-            reservoir_rows: int = RESERVOIR_ROWS) -> dict[str, InputStatistics]:
-    """Run ``model`` over ``dataset``; ``observed`` maps a key (FC name) to the node whose input 0 to watch."""
-    points = statistic_points(list(observed.values()), reservoir_rows)
     aggregator = OVStatisticsAggregator(dataset)
     aggregator.stat_subset_size = subset_size
-    aggregator.register_statistic_points(points)
+    aggregator.register_statistic_points(container)
     aggregator.collect_statistics(model, build_graph(model))
-    by_node = {node: key for key, node in observed.items()}
     out = {}
-    for node_name, point_list in points.data.items():
-        for point in point_list:
-            for collector in point.algorithm_to_tensor_collectors[ALGORITHM_KEY]:
-                stats = collector.get_statistics()
-                rows = stats.get(RESERVOIR_BRANCH)
-                out[by_node[node_name]] = InputStatistics(
-                    stats[HISTOGRAM_BRANCH], rows if rows is not None else np.empty((0, 0), np.float32))
+    for key, collector in collectors.items():
+        stats = collector.get_statistics()
+        rows = stats.get(RESERVOIR_BRANCH)
+        out[key] = InputStatistics(stats[HISTOGRAM_BRANCH], rows if rows is not None else np.empty((0, 0), np.float32))
     return out
