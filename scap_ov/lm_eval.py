@@ -143,7 +143,7 @@ def run_lm_eval(folder: Path, tasks: list[str], include_path: list[Path] | None 
         config_file.write_text(json.dumps(DEFAULT_OV_CONFIG if ov_config is None else ov_config))
         try:
             lm = get_model("openvino").create_from_arg_obj(
-                {"pretrained": str(folder), "ov_config": str(config_file)}, {"batch_size": batch_size})
+                {"pretrained": str(folder.resolve()), "ov_config": str(config_file)}, {"batch_size": batch_size})
         except Exception as exc:  # noqa: BLE001 - optimum-intel raises many types; report one line
             raise ScapError(f"lm-eval could not load {folder} with optimum-intel: {type(exc).__name__}: "
                             f"{exc}") from exc

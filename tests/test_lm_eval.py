@@ -164,3 +164,16 @@ def test_missing_task_data_file_is_named(tiny_scap, tmp_path):
     tasks = write_cloze_task(tmp_path / "tasks", data_name="gone.jsonl")
     with pytest.raises(ScapError, match=rf"task '{TASK}'.*gone\.jsonl"):
         run_lm_eval(tiny_scap, [TASK], [tasks], builtin_tasks=False)
+
+
+@pytest.mark.slow
+def test_real_model_scap_folder_keeps_dense_accuracy_on_a_local_task(tmp_path):
+    """SmolLM2 on 40 four-way cloze items: well above chance (0.25), and SCAP at 40% close to dense."""
+    tasks = write_cloze_task(tmp_path / "tasks", items=40)
+    scap = tmp_path / "scap40"
+    export_scap(scap, config=CalibrationConfig(targets=parse_targets(0.4), samples=4, seq_len=128, refine_passes=0))
+    dense = run_lm_eval(dense_ir(assets.DEFAULT_MODEL), [TASK], [tasks], builtin_tasks=False)
+    sparse = run_lm_eval(scap, [TASK], [tasks], builtin_tasks=False)
+    assert dense.fused_ops == 0 and sparse.fused_ops == check_folder(scap).fused_ops > 0
+    assert dense.metric(TASK, "acc") >= 0.6
+    assert sparse.metric(TASK, "acc") >= dense.metric(TASK, "acc") - 0.15
