@@ -84,6 +84,10 @@ def _load_tasks(manager, tasks: list[str]) -> list:
         except FileNotFoundError as exc:
             raise ScapError(f"lm-eval task {name!r}: a file it needs is missing ({exc}); data_files in a task "
                             "YAML are relative to the directory you run from unless absolute") from exc
+        except ConnectionError as exc:  # the datasets library, offline, for data not in its cache
+            raise ScapError(f"lm-eval task {name!r}: its data is not in the local datasets cache and nothing is "
+                            f"downloaded ({exc}); use a local task with data_files, or fetch the data once with "
+                            "network access and HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0") from exc
         except Exception as exc:  # noqa: BLE001 - datasets and lm-eval raise many types; report one line
             raise ScapError(f"lm-eval could not load task {name!r}: {type(exc).__name__}: {exc}") from exc
         if name in loaded["groups"]:
