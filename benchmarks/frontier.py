@@ -24,24 +24,23 @@ from scap_ov.export import dense_ir, is_ir_folder
 from scap_ov.pipeline import evaluate_folder, export_scap
 
 log = logging.getLogger("scap_ov.frontier")
-# method name in the table -> (CalibrationConfig method, mode, score)
-METHODS = {"teal": ("teal", "zero", "magnitude"), "cats": ("cats", "zero", "magnitude"),
-           "scap-kde": ("scap", "kde", "magnitude"), "channel": ("scap", "channel", "magnitude"),
-           "weighted": ("scap", "zero", "weighted"), "greedy": ("greedy", "zero", "magnitude"),
-           "greedy-weighted": ("greedy", "zero", "weighted")}
+# method name in the table -> CalibrationConfig settings
+METHODS = {"teal": dict(method="teal"), "cats": dict(method="cats"), "scap-kde": dict(method="scap", mode="kde"),
+           "channel": dict(method="scap", mode="channel"), "weighted": dict(method="scap", score="weighted"),
+           "greedy": dict(method="greedy"), "greedy-weighted": dict(method="greedy", score="weighted"),
+           "greedy-joint": dict(method="greedy", joint=True)}
 BUDGETS = (0.25, 0.4, 0.5, 0.6)
 
 
 def point(args, method: str, budget: float) -> dict | None:
     """One exported and evaluated point; None when the method cannot reach ``budget`` (CATS above its share)."""
-    calib_method, mode, score = METHODS[method]
+    settings = CalibrationConfig(**METHODS[method])
     folder = args.work / f"{method}-{budget:g}-{args.samples}x256"
     seconds = None
     if not is_ir_folder(folder):
         log.info("export %s at %.2f", method, budget)
         started = time.time()
-        config = CalibrationConfig(targets=parse_targets(budget), mode=mode, method=calib_method,
-                                   samples=args.samples, score=score)
+        config = CalibrationConfig(targets=parse_targets(budget), samples=args.samples, **METHODS[method])
         try:
             export_scap(folder, config=config, overwrite=True)
         except ScapError as exc:
@@ -52,7 +51,7 @@ def point(args, method: str, budget: float) -> dict | None:
         seconds = round(time.time() - started, 1)
     result = evaluate_folder(folder, windows=args.windows, seq_len=512, cloze=args.cloze, progress=False)
     calibration = Artifact.load(folder / ARTIFACT_NAME).calibration
-    return {"method": method, "mode": mode, "score": score, "budget": budget, "fc_weight_sparsity": result.fc_weight_sparsity,
+    return {"method": method, "mode": settings.mode, "score": settings.score, "budget": budget, "fc_weight_sparsity": result.fc_weight_sparsity,
             "perplexity": result.perplexity, "cloze_accuracy": result.cloze_accuracy,
             "type_sparsity": result.type_sparsity, "calibration_seconds": seconds,
             "allocation": {k: v["target"] for k, v in calibration.get("allocation", {}).get("groups", {}).items()}}

