@@ -10,6 +10,7 @@ usage: python benchmarks/frontier.py --json out.json [--quick]
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -33,9 +34,15 @@ BUDGETS = (0.25, 0.4, 0.5, 0.6)
 
 
 def point(args, method: str, budget: float) -> dict | None:
-    """One exported and evaluated point; None when the method cannot reach ``budget`` (CATS above its share)."""
+    """One exported and evaluated point; None when the method cannot reach ``budget`` (CATS above its share).
+
+    The record is kept in the exported folder, per evaluation setting, so a rerun only adds missing points.
+    """
     settings = CalibrationConfig(**METHODS[method])
     folder = args.work / f"{method}-{budget:g}-{args.samples}x256"
+    cached = folder / f"frontier-{args.windows}x512-cloze{args.cloze}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
     seconds = None
     if not is_ir_folder(folder):
         log.info("export %s at %.2f", method, budget)
@@ -51,10 +58,13 @@ def point(args, method: str, budget: float) -> dict | None:
         seconds = round(time.time() - started, 1)
     result = evaluate_folder(folder, windows=args.windows, seq_len=512, cloze=args.cloze, progress=False)
     calibration = Artifact.load(folder / ARTIFACT_NAME).calibration
-    return {"method": method, "mode": settings.mode, "score": settings.score, "budget": budget, "fc_weight_sparsity": result.fc_weight_sparsity,
-            "perplexity": result.perplexity, "cloze_accuracy": result.cloze_accuracy,
-            "type_sparsity": result.type_sparsity, "calibration_seconds": seconds,
-            "allocation": {k: v["target"] for k, v in calibration.get("allocation", {}).get("groups", {}).items()}}
+    record = {"method": method, "mode": settings.mode, "score": settings.score, "budget": budget,
+              "fc_weight_sparsity": result.fc_weight_sparsity, "perplexity": result.perplexity,
+              "cloze_accuracy": result.cloze_accuracy, "type_sparsity": result.type_sparsity,
+              "calibration_seconds": seconds, "probes": calibration.get("allocation", {}).get("probes"),
+              "allocation": {k: v["target"] for k, v in calibration.get("allocation", {}).get("groups", {}).items()}}
+    cached.write_text(json.dumps(record, indent=1))
+    return record
 
 
 def plot(result: dict, png: Path) -> None:
@@ -115,8 +125,15 @@ def main(argv=None) -> int:
     args.cloze = args.cloze if args.cloze is not None else (40 if args.quick else 200)
     logging.basicConfig(level=logging.INFO, format="frontier: %(message)s", stream=sys.stderr)
     started = time.time()
-    dense = evaluate_folder(dense_ir(assets.DEFAULT_MODEL), windows=args.windows, seq_len=512, cloze=args.cloze,
-                            progress=False)
+    dense_cache = args.work / f"dense-{args.windows}x512-cloze{args.cloze}.json"
+    if dense_cache.is_file():
+        dense = json.loads(dense_cache.read_text())
+    else:
+        result = evaluate_folder(dense_ir(assets.DEFAULT_MODEL), windows=args.windows, seq_len=512, cloze=args.cloze,
+                                 progress=False)
+        dense = {"perplexity": result.perplexity, "cloze_accuracy": result.cloze_accuracy}
+        args.work.mkdir(parents=True, exist_ok=True)
+        dense_cache.write_text(json.dumps(dense))
     records = []
     for method in args.methods:
         for budget in args.budgets:
@@ -124,14 +141,14 @@ def main(argv=None) -> int:
             if record is None:
                 continue
             records.append(record)
-            records[-1]["ppl_ratio"] = records[-1]["perplexity"] / dense.perplexity
+            records[-1]["ppl_ratio"] = records[-1]["perplexity"] / dense["perplexity"]
             r = records[-1]
             log.info("%s %.2f: realised %.3f, ppl %.2f (x%.3f), cloze %.3f", method, budget,
                      r["fc_weight_sparsity"], r["perplexity"], r["ppl_ratio"], r["cloze_accuracy"])
     result = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "quick": args.quick,
                        "calibration_windows_x256": args.samples, "ppl_windows_x512": args.windows,
                        "cloze_items": args.cloze, "seconds": round(time.time() - started, 1)},
-              "dense": {"perplexity": dense.perplexity, "cloze_accuracy": dense.cloze_accuracy},
+              "dense": dense,
               "records": records}
     publish(args.json, result, plot, table)
     print(f"{len(records)} points in {result['meta']['seconds']:.0f} s -> {args.json}")
