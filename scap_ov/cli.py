@@ -143,7 +143,8 @@ def _eval_encoder(args) -> int:
     types = ", ".join(f"{t} {s:.3f}" for t, s in result.type_sparsity.items())
     print(f"sentence embeddings vs dense on {result.sentences} held-out sentences ({result.tokens} tokens): cosine "
           f"mean {result.cosine_mean:.4f} (min {result.cosine_min:.4f}); nearest-neighbour agreement "
-          f"{result.nn_agreement:.3f}; cross retrieval {result.cross_retrieval:.3f}")
+          f"{result.nn_agreement:.3f} (in sparse top 5: {result.nn_in_top5:.3f}); cross retrieval "
+          f"{result.cross_retrieval:.3f}")
     print(f"FC-weight-byte sparsity {result.fc_weight_sparsity:.3f} ({types})")
     return 0
 

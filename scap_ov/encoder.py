@@ -136,7 +136,8 @@ def sentence_embedding(hidden: np.ndarray) -> np.ndarray:
     return pooled / max(np.linalg.norm(pooled), 1e-12)
 
 
-def embed(evaluator: Evaluator, samples: list[np.ndarray], progress: bool = False) -> tuple[np.ndarray, dict[str, float]]:
+def embed(evaluator: Evaluator, samples: list[np.ndarray],
+          progress: bool = False) -> tuple[np.ndarray, dict[str, float]]:
     """Sentence embeddings [N, H] of an encoder ``Evaluator`` (output last_hidden_state) and each SCAP FC's
     realised sparsity, token-weighted over all samples."""
     embeddings, sums, tokens = [], {}, 0
@@ -167,6 +168,7 @@ class EmbeddingQuality:
     cosine_mean: float  # cosine(sparse, dense) embedding of the same sentence
     cosine_min: float
     nn_agreement: float  # each sentence's nearest other sentence is the same under sparse and dense embeddings
+    nn_in_top5: float  # the dense nearest neighbour is among the sparse embedding's 5 nearest
     cross_retrieval: float  # a sparse embedding's nearest dense embedding is its own sentence's
     fc_weight_sparsity: float
     layer_sparsity: dict[str, float] = field(default_factory=dict)
@@ -176,18 +178,20 @@ class EmbeddingQuality:
         return asdict(self)
 
 
-def nearest_other(embeddings: np.ndarray) -> np.ndarray:
-    """Index of each row's most similar other row (cosine; rows are normalised)."""
+def nearest_others(embeddings: np.ndarray, k: int = 1) -> np.ndarray:
+    """Indices [N, k] of each row's k most similar other rows, nearest first (cosine; rows are normalised)."""
     sim = embeddings @ embeddings.T
     np.fill_diagonal(sim, -np.inf)
-    return sim.argmax(axis=1)
+    return np.argsort(-sim, axis=1, kind="stable")[:, :k]
 
 
 def compare_embeddings(sparse: np.ndarray, dense: np.ndarray) -> dict[str, float]:
     """Cosine, nearest-neighbour agreement and cross retrieval of ``sparse`` against ``dense`` [N, H]."""
     cosine = (sparse * dense).sum(axis=1)
+    dense_nn, sparse_top5 = nearest_others(dense)[:, 0], nearest_others(sparse, 5)
     return {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min()),
-            "nn_agreement": float((nearest_other(sparse) == nearest_other(dense)).mean()),
+            "nn_agreement": float((sparse_top5[:, 0] == dense_nn).mean()),
+            "nn_in_top5": float((sparse_top5 == dense_nn[:, None]).any(axis=1).mean()),
             "cross_retrieval": float(((sparse @ dense.T).argmax(axis=1) == np.arange(len(sparse))).mean())}
 
 

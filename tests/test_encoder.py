@@ -33,9 +33,9 @@ TEXT = ("Anne had been a useful friend to her sister through all the long winter
 SENTENCES = sentences(TEXT)
 
 
-def expected_fcs(prefix: str = "encoder") -> dict[str, str]:
+def expected_fcs(prefix: str = "encoder", layers: int = LAYERS) -> dict[str, str]:
     names = {}
-    for b in range(LAYERS):
+    for b in range(layers):
         base = f"{prefix}.layer.{b}."
         names.update({base + "attention.self.query": "q", base + "attention.self.key": "k",
                       base + "attention.self.value": "v", base + "attention.output.dense": "o",
@@ -137,7 +137,8 @@ def test_no_known_fc_naming_lists_what_was_found_and_explicit_patterns_work(tiny
                                         r"encoder\.layer\.0\.attention\.self\.query.*--layers"):
         require_fcs(model, {"down": r"mlp\.(\d+)\.fc2$"})
     explicit = require_fcs(model, {"up": r"layer\.(\d+)\.intermediate\.dense$"})
-    assert [(fc.name, fc.block) for fc in explicit] == [(f"encoder.layer.{b}.intermediate.dense", b) for b in range(LAYERS)]
+    assert [(fc.name, fc.block) for fc in explicit] == [(f"encoder.layer.{b}.intermediate.dense", b)
+                                                        for b in range(LAYERS)]
 
 
 # -------------------------------------------------------------------------------- dense equivalence
@@ -178,25 +179,34 @@ def test_calibration_on_ragged_sentences(calibrated, samples, mode):
     assert all(m == 0.0 for m in modes) if mode == "zero" else any(abs(m) > 1e-3 for m in modes)
 
 
-def test_fused_ir_equals_portable_ir_per_fc(tiny_ir, samples, calibrated):
-    """Every FC's output (and the model's) through SCAPFullyConnected equals the portable IR's."""
-    portable = apply_portable(read(tiny_ir), calibrated["kde"])
-    by_node = {fc.node_name: fc.name for fc in find_fcs(read(tiny_ir))}
+def portable_and_fused_per_fc(dense: ov.Model, artifact: Artifact) -> tuple[ov.Model, ov.Model]:
+    """The portable IR with every FC's output (its folded-bias Add) as an extra result named fc:<FC name>, and
+    its fusion: the fused ops take those results over, so both models name the same FC outputs."""
+    by_node = {fc.node_name: fc.name for fc in find_fcs(dense)}
+    portable = apply_portable(dense, artifact)
     for node in portable.get_ordered_ops():
         name = node.get_friendly_name()
         if name.endswith("/scap/folded_bias"):
             result = ops.result(node.output(0))
             result.output(0).get_tensor().set_names({"fc:" + by_node[name[: -len("/scap/folded_bias")]]})
             portable.add_results([result])
-    fused = apply_fusion(portable.clone())
-    assert count_fused(fused) == 2 * 6 and count_fused(portable) == 0
+    return portable, apply_fusion(portable.clone())
+
+
+def assert_fused_equals_portable(portable, fused, inputs, fcs: int, tolerance: float) -> None:
+    assert count_fused(fused) == fcs and count_fused(portable) == 0
     core = scap_ov.register(ov.Core())
-    inputs = padded_batch(samples)
     expected, got = infer(portable, inputs, core), infer(fused, inputs, core)
     outputs = [o.get_any_name() for o in portable.outputs]
-    assert sum(name.startswith("fc:") for name in outputs) == 12
+    assert sum(name.startswith("fc:") for name in outputs) == fcs
     for name in outputs:
-        np.testing.assert_allclose(got[name], expected[name], rtol=1e-4, atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(got[name], expected[name], rtol=tolerance, atol=tolerance, err_msg=name)
+
+
+def test_fused_ir_equals_portable_ir_per_fc(tiny_ir, samples, calibrated):
+    """Every FC's output (and the model's) through SCAPFullyConnected equals the portable IR's."""
+    portable, fused = portable_and_fused_per_fc(read(tiny_ir), calibrated["kde"])
+    assert_fused_equals_portable(portable, fused, padded_batch(samples), 2 * 6, 1e-4)
 
 
 # ------------------------------------------------------------------------------ pipeline, eval and CLI
@@ -233,11 +243,13 @@ def test_compare_embeddings_on_known_vectors():
     dense = np.eye(4)[[0, 0, 1, 2]] + np.array([[0, 0, 0, .1], [0, .1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
     dense /= np.linalg.norm(dense, axis=1, keepdims=True)
     same = compare_embeddings(dense, dense)
-    assert same == pytest.approx({"cosine_mean": 1.0, "cosine_min": 1.0, "nn_agreement": 1.0,
+    assert same == pytest.approx({"cosine_mean": 1.0, "cosine_min": 1.0, "nn_agreement": 1.0, "nn_in_top5": 1.0,
                                   "cross_retrieval": 1.0})
     swapped = dense[[1, 0, 2, 3]]  # rows 0 and 1 exchanged: their own-sentence retrieval and cosine drop
     scores = compare_embeddings(swapped, dense)
     assert scores["cross_retrieval"] == 0.5 and scores["cosine_min"] < 0.999
+    # dense nearest others: 0->1, 1->0, 2->1, 3->0 (ties broken by index); swapped: 0->1, 1->0, 2->0, 3->0
+    assert scores["nn_agreement"] == 0.75 and scores["nn_in_top5"] == 1.0
 
 
 def test_sentence_split_keeps_closing_quotes_and_titles():
