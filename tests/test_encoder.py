@@ -275,3 +275,11 @@ def test_cli_export_of_an_encoder_refuses_greedy(tiny_ir, tmp_path, capsys):
     assert main(["export", "--model", str(tiny_ir), "--method", "greedy", "--output", str(tmp_path / "o")]) == 2
     assert "use --method scap or teal for encoder models" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_packaged_minilm_resolves_offline_to_its_transformers_folder():
+    folder = assets.resolve_model("minilm-l6")
+    assert is_encoder(folder) and (folder / "model.safetensors").is_file()
+    missing = assets.PackagedModel("gone", "no-such-dist", "no_such_module_xyz", folder_function="get_model_path")
+    with pytest.raises(ScapError, match="needs the PyPI package no-such-dist; run the README set-up command"):
+        missing.hf_folder()

@@ -6,12 +6,12 @@ import pytest
 import scap_ov
 from scap_ov import assets
 from scap_ov.artifact import ARTIFACT_NAME, Artifact, FCThreshold
-from scap_ov.config import CalibrationConfig, parse_targets
+from scap_ov.cli import main
 from scap_ov.dataset import load_texts
 from scap_ov.encoder import evaluate_encoder_folder, evaluation_samples
 from scap_ov.export import IR_XML, dense_ir
 from scap_ov.layers import find_fcs, module_name, weighted_matmuls
-from scap_ov.pipeline import PORTABLE_XML, export_scap, load_tokenizer
+from scap_ov.pipeline import PORTABLE_XML, load_tokenizer
 from scap_ov.transformations.fuse_cpu import count_fused
 from scap_ov.transformations.portable import apply_portable
 from test_encoder import assert_fused_equals_portable, expected_fcs, infer, padded_batch, portable_and_fused_per_fc
@@ -35,8 +35,10 @@ def held_out(dense_folder):
 
 @pytest.fixture(scope="module")
 def scap_folder(tmp_path_factory, dense_folder):
+    """Exported through the CLI, as a user would: `scap-ov export --model minilm-l6 ...`."""
     out = tmp_path_factory.mktemp("minilm") / "kde50"
-    export_scap(out, MODEL, CalibrationConfig(targets=parse_targets(TARGET), mode="kde", samples=32))
+    assert main(["export", "--model", MODEL, "--output", str(out), "--mode", "kde", "--sparsity", str(TARGET),
+                 "--samples", "32"]) == 0
     return out
 
 
@@ -71,7 +73,9 @@ def test_kde_at_50_percent_realises_the_target_and_keeps_embeddings(scap_folder)
     assert len(quality.layer_sparsity) == 36
     assert quality.cosine_mean > 0.9 and quality.cross_retrieval > 0.95
     assert 0.3 < quality.nn_agreement <= 1.0
-    modes = {fc.layer_type: fc.mode for fc in Artifact.load(scap_folder / ARTIFACT_NAME).fcs}
+    artifact = Artifact.load(scap_folder / ARTIFACT_NAME)
+    assert artifact.model == MODEL and artifact.calibration["samples"] == 32
+    modes = {fc.layer_type: fc.mode for fc in artifact.fcs}
     assert modes["down"] < -0.1  # the GELU output's peak sits at its minimum, not at zero
 
 
