@@ -8,7 +8,7 @@ sparsity.
 Quality is what a sentence encoder is used for: the sentence embedding (mean of the last hidden states over
 the sequence, L2-normalised, as sentence-transformers pools all-MiniLM-L6-v2) of the SCAP model against the
 dense model's, on held-out sentences: cosine similarity, nearest-neighbour agreement (each sentence's nearest
-other sentence is the same under both), and cross retrieval (a sparse embedding finds its own sentence in an
+other sentence is the same under both; or at least among the sparse 5 nearest), and cross retrieval (a sparse embedding finds its own sentence in an
 index of dense embeddings). The dense reference is the evaluated IR itself with the pruning taken out again
 (``strip_pruning``), so a SCAP folder is evaluated on its own.
 """
