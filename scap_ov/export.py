@@ -22,14 +22,22 @@ def is_ir_folder(path: Path) -> bool:
     return (Path(path) / IR_XML).is_file()
 
 
+def export_task(hf_folder: Path) -> str:
+    """optimum-intel task for a transformers folder: feature extraction for encoders, else a stateful decoder."""
+    from scap_ov import encoder
+
+    return encoder.EXPORT_TASK if encoder.is_encoder(hf_folder) else "text-generation-with-past"
+
+
 def export_dense(hf_folder: Path, out: Path) -> Path:
-    """optimum-intel export of a transformers folder to a stateful f32 decoder IR with tokenizers."""
+    """optimum-intel export of a transformers folder to an f32 IR with tokenizers: a stateful decoder, or an
+    encoder's feature extractor (last_hidden_state)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from optimum.exporters.openvino import main_export
 
     with atomic_output_dir(out, overwrite=True) as tmp:
         try:
-            main_export(str(hf_folder), output=tmp, task="text-generation-with-past", convert_tokenizer=True)
+            main_export(str(hf_folder), output=tmp, task=export_task(hf_folder), convert_tokenizer=True)
         except Exception as exc:  # the exporter raises many types; report one line
             raise ScapError(f"optimum-intel could not export {hf_folder}: {exc}") from exc
     return out

@@ -2,7 +2,9 @@
 
 An FC is a MatMul whose second input is a weight (constant or NNCF decompression chain, see
 ``scap_ov.transformations.weights``) and whose friendly name matches a layer pattern. Layer types follow
-the decoder block: q, k, v (one shared input), o, gate, up (one shared input), down.
+the decoder block: q, k, v (one shared input), o, gate, up (one shared input), down. Other families map their
+FCs onto these types (BERT: query/key/value -> q/k/v, attention.output.dense -> o, intermediate.dense -> up,
+output.dense -> down; its MLP has no gate); without explicit patterns the first family that matches is used.
 """
 from __future__ import annotations
 
@@ -30,6 +32,19 @@ DEFAULT_LAYER_PATTERNS: dict[str, str] = {
     "down": r"layers\.(\d+)\.mlp\.down_proj$",
 }
 
+# BERT-style encoders (optimum-intel keeps "encoder.layer.N..." for a BertModel, "bert.encoder.layer.N..."
+# inside task heads). The pooler and embeddings are not FCs of a block and match nothing.
+BERT_LAYER_PATTERNS: dict[str, str] = {
+    "q": r"encoder\.layer\.(\d+)\.attention\.self\.query$",
+    "k": r"encoder\.layer\.(\d+)\.attention\.self\.key$",
+    "v": r"encoder\.layer\.(\d+)\.attention\.self\.value$",
+    "o": r"encoder\.layer\.(\d+)\.attention\.output\.dense$",
+    "up": r"encoder\.layer\.(\d+)\.intermediate\.dense$",
+    "down": r"encoder\.layer\.(\d+)\.output\.dense$",
+}
+# Tried in order when no patterns are given: the first family with any match names the model's FCs.
+FAMILY_LAYER_PATTERNS: dict[str, dict[str, str]] = {"decoder": DEFAULT_LAYER_PATTERNS, "bert": BERT_LAYER_PATTERNS}
+
 _MODULE_NAME = re.compile(r"^(?:__module\.)?(?P<module>[^/]+)/")
 
 
@@ -55,11 +70,22 @@ def module_name(node_name: str) -> str:
 
 
 def find_fcs(model: ov.Model, patterns: dict[str, str] | None = None) -> list[FC]:
-    """The model's FC layers matching ``patterns`` (layer type -> module-name regex), in graph order."""
-    patterns = patterns or DEFAULT_LAYER_PATTERNS
+    """The model's FC layers matching ``patterns`` (layer type -> module-name regex), in graph order; without
+    ``patterns``, those of the first family in FAMILY_LAYER_PATTERNS that matches any."""
+    weighted = weighted_matmuls(model)
+    if patterns:
+        return _match_fcs(weighted, patterns)
+    for family in FAMILY_LAYER_PATTERNS.values():
+        fcs = _match_fcs(weighted, family)
+        if fcs:
+            return fcs
+    return []
+
+
+def _match_fcs(weighted: list[tuple[ov.Node, WeightChain]], patterns: dict[str, str]) -> list[FC]:
     compiled = {t: re.compile(p) for t, p in patterns.items()}
     fcs, seen = [], set()
-    for node, chain in weighted_matmuls(model):
+    for node, chain in weighted:
         name = module_name(node.get_friendly_name())
         for layer_type, regex in compiled.items():
             m = regex.search(name)
@@ -87,7 +113,8 @@ def require_fcs(model: ov.Model, patterns: dict[str, str] | None = None) -> list
     if not fcs:
         weighted = [module_name(n.get_friendly_name()) for n, _ in weighted_matmuls(model)]
         shown = ", ".join(weighted[:8]) + (" ..." if len(weighted) > 8 else "")
-        raise ScapError(f"no FC layer matches the layer patterns; weighted MatMuls found: {shown or 'none'}. "
+        which = "the layer patterns" if patterns else f"the known layer patterns ({', '.join(FAMILY_LAYER_PATTERNS)})"
+        raise ScapError(f"no FC layer matches {which}; weighted MatMuls found: {shown or 'none'}. "
                         "Pass layer patterns explicitly (--layers TYPE=REGEX)")
     return fcs
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from scap_ov import assets
+from scap_ov import assets, encoder
 from scap_ov.artifact import ARTIFACT_NAME, Artifact
 from scap_ov.calibration import calibrate
 from scap_ov.compression import WeightFormat, config_fc_channels
@@ -55,10 +55,11 @@ def calibration_texts(source: str | None) -> list[str]:
 def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: CalibrationConfig | None = None,
                 calibration_data: str | None = None, artifact: Path | None = None, overwrite: bool = False,
                 layer_patterns: dict[str, str] | None = None,
-                weight_format: WeightFormat | None = None, windows: np.ndarray | None = None) -> ExportResult:
+                weight_format: WeightFormat | None = None,
+                windows: np.ndarray | list[np.ndarray] | None = None) -> ExportResult:
     """Export ``model`` with SCAP; ``weight_format`` compresses its weights first (None keeps them as stored,
-    which is how an already-compressed IR folder is exported). ``windows`` (int64 [N, T] token ids) replaces
-    the calibration text for callers that tokenize themselves."""
+    which is how an already-compressed IR folder is exported). ``windows`` (int64 [N, T] token ids, or for an
+    encoder a list of 1-D token sequences) replaces the calibration text for callers that tokenize themselves."""
     config = (config or CalibrationConfig()).validate()
     weight_format = weight_format.validate() if weight_format else None
     output = Path(output)
@@ -68,14 +69,19 @@ def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: Calibra
     if weight_format and not is_ir_folder(Path(model)):  # check the group size before the optimum export
         weight_format = weight_format.check_channels(config_fc_channels(assets.resolve_model(model)))
     ir_folder = dense_ir(model)
-    if texts is not None:
+    is_encoder = encoder.is_encoder(ir_folder)
+    if is_encoder:
+        encoder.check_method(config.method)
+    if texts is not None and is_encoder:  # one paragraph per sample, up to seq_len tokens
+        windows = encoder.calibration_samples(load_tokenizer(ir_folder), texts, config.samples, config.seq_len)
+    elif texts is not None:
         windows = token_windows(load_tokenizer(ir_folder), texts, config.seq_len, config.samples, "calibration")
 
     ov_model = ov.Core().read_model(ir_folder / IR_XML)
     ov_model, stored = compress_weights(ov_model, weight_format)
     if fixed is None:
-        log.info("calibrating on %d windows x %d tokens (%d refinement passes), %s weights", len(windows),
-                 windows.shape[1], config.refine_passes, stored)
+        log.info("calibrating on %d samples, %d tokens (%d refinement passes), %s weights", len(windows),
+                 sum(len(w) for w in windows), config.refine_passes, stored)
         fixed = calibrate(ov_model, windows, config, layer_patterns, model_id=str(model),
                           data_id=calibration_data or ("token windows" if texts is None else
                                                        "austen:" + "+".join(assets.CALIBRATION_NOVELS)))
@@ -137,15 +143,25 @@ def stored_weight_format(model: ov.Model) -> str:
     return {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}.get(name, name)
 
 
+def model_ir(folder: Path) -> Path:
+    """The IR quality is measured on in a model folder: the portable SCAP IR, else the (dense) model IR."""
+    folder = Path(folder)
+    ir = folder / PORTABLE_XML if (folder / PORTABLE_XML).is_file() else folder / IR_XML
+    if not ir.is_file():
+        raise ScapError(f"{folder} holds no {IR_XML}; pass a folder written by 'scap-ov export'")
+    return ir
+
+
 def evaluate_folder(folder: Path, text: str | None = None, windows: int = 32, seq_len: int = 512,
                     cloze: int = 200, progress: bool = True):
     """Perplexity, cloze accuracy and realised sparsity of the IR in ``folder`` on held-out text."""
     from scap_ov.evaluation import EvalResult, Evaluator, cloze_items
 
     folder = Path(folder)
-    ir = folder / PORTABLE_XML if (folder / PORTABLE_XML).is_file() else folder / IR_XML
-    if not ir.is_file():
-        raise ScapError(f"{folder} holds no {IR_XML}; pass a folder written by 'scap-ov export'")
+    ir = model_ir(folder)
+    if encoder.is_encoder(folder):
+        raise ScapError(f"{folder} holds an encoder: it has no perplexity or cloze; evaluate its embeddings with "
+                        "scap_ov.encoder.evaluate_encoder_folder (what 'scap-ov eval' does for encoders)")
     tokenizer = load_tokenizer(folder)
     texts = load_texts(text, (assets.PERPLEXITY_NOVEL,))
     ppl_windows = token_windows(tokenizer, texts, seq_len, windows, "evaluation")

@@ -151,10 +151,11 @@ def cats_targets(fcs: list[FC], budget: float) -> dict[str, float]:
     return {fc.name: level for fc in downs}
 
 
-def calibrate(model: ov.Model, windows: np.ndarray, config: CalibrationConfig,
+def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray], config: CalibrationConfig,
               layer_patterns: dict[str, str] | None = None, model_id: str = "",
               data_id: str = "") -> Artifact:
-    """Calibrate every FC of ``model`` (not modified) on token ``windows`` [N, L]; return the artifact.
+    """Calibrate every FC of ``model`` (not modified) on token ``windows`` [N, L] (or a list of N 1-D token
+    sequences of any lengths, run one at a time); return the artifact.
 
     Pass 1 observes the dense model. Pruning earlier layers shifts the inputs of later ones (thresholds
     from the dense model overshoot their target), so each refinement pass re-observes every FC input in
@@ -164,8 +165,9 @@ def calibrate(model: ov.Model, windows: np.ndarray, config: CalibrationConfig,
     fcs = require_fcs(model, layer_patterns)
     input_names = {name for port in model.inputs for name in port.get_names()}
     dataset = calibration_dataset(windows, input_names)
-    info = {"data": data_id, "samples": int(len(windows)), "seq_len": int(windows.shape[1]),
-            "tokens": int(windows.size), "method": config.method, "mode": config.mode, "score": config.score,
+    lengths = [len(w) for w in windows]  # [N, L] windows, or N ragged sequences (encoder sentences)
+    info = {"data": data_id, "samples": int(len(windows)), "seq_len": int(max(lengths)),
+            "tokens": int(sum(lengths)), "method": config.method, "mode": config.mode, "score": config.score,
             "targets": config.targets, "refine_passes": config.refine_passes}
     if config.method == "cats":
         targets = cats_targets(fcs, config.budget)
