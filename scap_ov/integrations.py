@@ -12,7 +12,7 @@ from scap_ov.artifact import ARTIFACT_NAME
 from scap_ov.errors import ScapError
 from scap_ov.export import IR_XML
 from scap_ov.extension import check_compatible, extension_path, register
-from scap_ov.ops import OP_TYPE, SCHEMA_VERSION
+from scap_ov.ops import OP_TYPE, SCHEMA_VERSIONS
 
 # optimum-intel keeps one module-level `core = Core()` per modeling module; OVModelForCausalLM reads and
 # compiles through modeling_base's, the decoder and quantizer modules through their own.
@@ -57,10 +57,10 @@ def check_folder(folder: Path) -> FolderCheck:
     text = xml.read_text(errors="replace")
     versions = {int(v) for v in _OP_LAYER.findall(text)}
     fused = text.count(f'type="{OP_TYPE}"')
-    unsupported = sorted(v for v in versions if v != SCHEMA_VERSION)
+    unsupported = sorted(v for v in versions if v not in SCHEMA_VERSIONS)
     if unsupported:
         raise ScapError(f"{xml} has {OP_TYPE} ops of schema version {unsupported[0]}; this scap-ov implements "
-                        f"schema version {SCHEMA_VERSION}: install the scap-ov release that wrote the model, or "
+                        f"schema versions {' and '.join(map(str, SCHEMA_VERSIONS))}: install the scap-ov release that wrote the model, or "
                         "re-export it with this one")
     artifact = folder / ARTIFACT_NAME
     if not artifact.is_file():

@@ -8,6 +8,13 @@ kernels. The twin itself has no ``evaluate``: it is a graph-building device, not
 Inputs (fixed order): x f32 [..., IC]; weights [IC, OC] (f32, f16, bf16, i8, u8, i4, u4); scales f16/f32
 [G, OC] ([0] for float weights); zero_points [G, OC] of the weight type for u8/u4 ([0] otherwise);
 mode f32 [] / [1] / [IC]; threshold f32 [] / [1] / [IC]; bias f32 [OC] or [0]. Output: f32 [..., OC].
+
+Compact form (``schema_version`` 2, what :func:`make_scap_fc` builds): x and weights, then only the inputs
+that carry data, named in order by the attribute ``inputs`` (a subset of ``scales,zero_points,mode,threshold,
+bias``); a scalar mode / threshold is the attribute ``mode_value`` / ``threshold_value``. The CPU plugin pays a
+few microseconds per input on every call of an extension op with a dynamic token dimension (it re-infers the
+op's shape by wrapping every input in a Constant and cloning the op), so an f32 FC with a scalar threshold
+passes 2 inputs instead of 7.
 """
 from __future__ import annotations
 
@@ -18,15 +25,31 @@ from scap_ov.packing import PackedWeights
 
 OP_TYPE = "SCAPFullyConnected"
 OP_DOMAIN = "extension"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # seven inputs
+COMPACT_SCHEMA_VERSION = 2  # x, weights + the inputs named by the attribute ``inputs``
+SCHEMA_VERSIONS = (SCHEMA_VERSION, COMPACT_SCHEMA_VERSION)
 INPUT_NAMES = ("x", "weights", "scales", "zero_points", "mode", "threshold", "bias")
+OPTIONAL_INPUTS = INPUT_NAMES[2:]
+
+
+def input_names(node) -> tuple[str, ...]:
+    """The name of every input port of a SCAPFullyConnected node (either form)."""
+    attrs = node.get_attributes()
+    if int(attrs.get("schema_version", SCHEMA_VERSION)) != COMPACT_SCHEMA_VERSION:
+        return INPUT_NAMES
+    listed = attrs.get("inputs", "")
+    return INPUT_NAMES[:2] + tuple(n for n in listed.split(",") if n)
 
 
 class SCAPFullyConnected(ov.Op):
     class_type_info = ov.DiscreteTypeInfo(OP_TYPE, OP_DOMAIN)
 
-    def __init__(self, inputs=None, schema_version: int = SCHEMA_VERSION):
+    def __init__(self, inputs=None, schema_version: int = SCHEMA_VERSION, optional_inputs: str = "",
+                 mode_value: float = 0.0, threshold_value: float = 0.0):
         self._schema_version = int(schema_version)
+        self._inputs = str(optional_inputs)
+        self._mode_value = float(np.float32(mode_value))
+        self._threshold_value = float(np.float32(threshold_value))
         super().__init__(self)
         if inputs is not None:
             self.set_arguments(list(inputs))
@@ -37,13 +60,24 @@ class SCAPFullyConnected(ov.Op):
         return self._schema_version
 
     def validate_and_infer_types(self) -> None:
-        if self._schema_version != SCHEMA_VERSION:
+        if self._schema_version not in SCHEMA_VERSIONS:
             raise ValueError(
                 f"SCAPFullyConnected schema_version {self._schema_version} is not supported: "
-                f"this twin implements schema_version {SCHEMA_VERSION}"
+                f"this twin implements schema_version {SCHEMA_VERSION} and {COMPACT_SCHEMA_VERSION}"
             )
-        if self.get_input_size() != len(INPUT_NAMES):
-            raise ValueError(f"SCAPFullyConnected expects 7 inputs {INPUT_NAMES}, got {self.get_input_size()}")
+        if self._schema_version == SCHEMA_VERSION:
+            if self.get_input_size() != len(INPUT_NAMES):
+                raise ValueError(f"SCAPFullyConnected expects 7 inputs {INPUT_NAMES}, got {self.get_input_size()}")
+        else:
+            listed = [n for n in self._inputs.split(",") if n]
+            if [n for n in OPTIONAL_INPUTS if n in listed] != listed:
+                raise ValueError(f"SCAPFullyConnected attribute inputs={self._inputs!r}: names must be a subset of "
+                                 f"{','.join(OPTIONAL_INPUTS)}, in this order, each once")
+            if self.get_input_size() != 2 + len(listed):
+                raise ValueError(f"SCAPFullyConnected (compact, inputs={self._inputs!r}) expects {2 + len(listed)} "
+                                 f"inputs, got {self.get_input_size()}")
+            if not (np.isfinite(self._threshold_value) and self._threshold_value >= 0):
+                raise ValueError("SCAPFullyConnected threshold_value must be finite and >= 0")
         x_ps = self.get_input_partial_shape(0)
         w_ps = self.get_input_partial_shape(1)
         oc = w_ps[1] if w_ps.rank.is_static and w_ps.rank.get_length() == 2 else ov.Dimension()
@@ -61,10 +95,14 @@ class SCAPFullyConnected(ov.Op):
         self.set_output_type(0, ov.Type.f32, out)
 
     def clone_with_new_inputs(self, new_inputs):
-        return SCAPFullyConnected(new_inputs, self._schema_version)
+        return SCAPFullyConnected(new_inputs, self._schema_version, self._inputs, self._mode_value,
+                                  self._threshold_value)
 
     def visit_attributes(self, visitor) -> bool:
-        visitor.on_attributes({"schema_version": self._schema_version})
+        attrs = {"schema_version": self._schema_version}
+        if self._schema_version == COMPACT_SCHEMA_VERSION:
+            attrs.update(inputs=self._inputs, mode_value=self._mode_value, threshold_value=self._threshold_value)
+        visitor.on_attributes(attrs)
         return True
 
 
@@ -76,6 +114,14 @@ def _param_constant(value, ic: int, name: str) -> ov.Node:
     if a.size != ic:
         raise ValueError(f"{name} must be a scalar or have IC={ic} values, got {a.size}")
     return ov.op.Constant(np.ascontiguousarray(a))
+
+
+def shape_size(node: ov.Node) -> int:
+    return int(np.prod(list(node.get_output_shape(0)), dtype=np.int64))
+
+
+def _scalar(node: ov.Node) -> float:
+    return float(node.get_data().reshape(-1)[0])
 
 
 _FACTORY = None
@@ -98,7 +144,7 @@ def native_node_factory():
 
 
 def make_scap_fc(x_output, packed: PackedWeights, mode=0.0, threshold=0.0, bias=None,
-                 schema_version: int = SCHEMA_VERSION, name: str | None = None,
+                 schema_version: int = COMPACT_SCHEMA_VERSION, name: str | None = None,
                  native: bool = False) -> ov.Output:
     """Build Constants for ``packed``, ``mode``, ``threshold`` and ``bias`` and a SCAPFullyConnected on ``x_output``.
 
@@ -108,6 +154,9 @@ def make_scap_fc(x_output, packed: PackedWeights, mode=0.0, threshold=0.0, bias=
     ``native=False`` creates the Python twin (save with ``ov.save_model(..., compress_to_fp16=False)``, read
     back with a Core that has the extension). ``native=True`` creates the C++ op itself through the
     extension, so the model can be compiled directly.
+
+    ``schema_version`` 2 (default) builds the compact form: scales / zero points only for weights that have
+    them, mode / threshold as attributes when scalar, bias only when given. 1 builds the seven-input form.
     """
     thr = np.asarray(threshold, dtype=np.float32)
     if not np.all(np.isfinite(thr)) or np.any(thr < 0):
@@ -119,17 +168,29 @@ def make_scap_fc(x_output, packed: PackedWeights, mode=0.0, threshold=0.0, bias=
         if ba.size != packed.oc:
             raise ValueError(f"bias must have OC={packed.oc} values, got {ba.size}")
         b = ov.op.Constant(ba)
-    inputs = [
-        x_output,
-        packed.weights_constant().output(0),
-        packed.scales_constant().output(0),
-        packed.zero_points_constant().output(0),
-        _param_constant(mode, packed.ic, "mode").output(0),
-        _param_constant(thr, packed.ic, "threshold").output(0),
-        b.output(0),
-    ]
+    values = {
+        "scales": packed.scales_constant(),
+        "zero_points": packed.zero_points_constant(),
+        "mode": _param_constant(mode, packed.ic, "mode"),
+        "threshold": _param_constant(thr, packed.ic, "threshold"),
+        "bias": b,
+    }
+    attrs = {"schema_version": int(schema_version)}
+    if int(schema_version) == COMPACT_SCHEMA_VERSION:
+        # Keep only what carries data: non-empty scales / zero points / bias, per-channel mode / threshold.
+        listed = [n for n in OPTIONAL_INPUTS
+                  if (n in ("mode", "threshold") and shape_size(values[n]) > 1)
+                  or (n not in ("mode", "threshold") and shape_size(values[n]) > 0)]
+        attrs.update(inputs=",".join(listed),
+                     mode_value=0.0 if "mode" in listed else _scalar(values["mode"]),
+                     threshold_value=0.0 if "threshold" in listed else _scalar(values["threshold"]))
+    else:
+        listed = list(OPTIONAL_INPUTS)
+    inputs = [x_output, packed.weights_constant().output(0)] + [values[n].output(0) for n in listed]
     if native:
-        op = native_node_factory().create(OP_TYPE, inputs, {"schema_version": int(schema_version)})
+        op = native_node_factory().create(OP_TYPE, inputs, attrs)
+    elif int(schema_version) == COMPACT_SCHEMA_VERSION:
+        op = SCAPFullyConnected(inputs, schema_version, attrs["inputs"], attrs["mode_value"], attrs["threshold_value"])
     else:
         op = SCAPFullyConnected(inputs, schema_version)
     if name:

@@ -380,7 +380,7 @@ def test_twin_save_read_roundtrip(core, tmp_path):
     path = tmp_path / "twin.xml"
     ov.save_model(model, str(path), compress_to_fp16=False)
     xml = path.read_text()
-    assert 'type="SCAPFullyConnected"' in xml and 'version="extension"' in xml and 'schema_version="1"' in xml
+    assert 'type="SCAPFullyConnected"' in xml and 'version="extension"' in xml and 'schema_version="2"' in xml
     read = core.read_model(str(path))
     fc = [n for n in read.get_ops() if n.get_type_name() == "SCAPFullyConnected"]
     assert len(fc) == 1 and not isinstance(fc[0], ops.SCAPFullyConnected)
@@ -450,3 +450,51 @@ def test_rank1_and_empty_token_inputs(core):
     assert_close(got[None], want, bound, "rank-1 x")
     compiled = compile_model(core, build_model(case, [-1, 40], 0.0, 0.3, None), 1)
     assert compiled([np.zeros((0, 40), np.float32)])[0].shape == (0, 24)
+
+
+@pytest.mark.parametrize("wtype", ["f32", "u4", "i8"])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_compact_form_matches_seven_input_form(core, wtype, per_channel):
+    """make_scap_fc builds the compact op (schema_version 2: only inputs that carry data); the seven-input
+    form (schema_version 1) must give bit-identical results, on static and dynamic shapes."""
+    rng = np.random.default_rng(11)
+    case = Case(rng, wtype, 128, 64, 32)
+    mode = (rng.standard_normal(128) * 0.05).astype(np.float32) if per_channel else np.float32(0.01)
+    thr = (rng.uniform(0.2, 0.8, 128)).astype(np.float32) if per_channel else np.float32(0.55)
+    bias = rng.standard_normal(64).astype(np.float32) if per_channel else None
+    xv = rng.standard_normal((1, 3, 128)).astype(np.float32)
+    for shape in ([1, 3, 128], [-1, -1, 128]):
+        outs = {}
+        for schema in (1, 2):
+            x = ov.op.Parameter(ov.Type.f32, ov.PartialShape(shape))
+            y = ops.make_scap_fc(x.output(0), case.packed, mode, thr, bias, schema_version=schema, native=True)
+            n_inputs = y.get_node().get_input_size()
+            if schema == 2:
+                expect = 2 + (wtype != "f32") + (wtype == "u4") + 3 * per_channel
+                assert n_inputs == expect, (wtype, per_channel, n_inputs)
+            else:
+                assert n_inputs == 7
+            outs[schema] = compile_model(core, ov.Model([y], [x]), 2)([xv])[0]
+        np.testing.assert_array_equal(outs[1], outs[2])
+        want, bound, _ = oracle(xv, case, mode, thr, bias)
+        assert_close(outs[2], want, bound, f"{wtype} compact")
+
+
+def test_compact_twin_save_read_roundtrip_keeps_threshold_bits(core, tmp_path):
+    """Scalar mode / threshold become attributes of the compact op: an IR round trip must keep them exact."""
+    rng = np.random.default_rng(12)
+    case = Case(rng, "f32", 64, 32, None)
+    thr, mode = np.float32(0.123456789), np.float32(-0.0123456789)
+    x = ov.op.Parameter(ov.Type.f32, ov.PartialShape([-1, -1, 64]))
+    y = ops.make_scap_fc(x.output(0), case.packed, mode, thr, None)
+    assert isinstance(y.get_node(), ops.SCAPFullyConnected) and y.get_node().get_input_size() == 2
+    path = tmp_path / "compact.xml"
+    ov.save_model(ov.Model([y], [x]), str(path), compress_to_fp16=False)
+    read = core.read_model(str(path))
+    fc = [n for n in read.get_ops() if n.get_type_name() == "SCAPFullyConnected"][0]
+    attrs = fc.get_attributes()
+    assert np.float32(attrs["threshold_value"]) == thr and np.float32(attrs["mode_value"]) == mode
+    xv = rng.standard_normal((1, 2, 64)).astype(np.float32)
+    got = compile_model(core, read, 1)([xv])[0]
+    want, bound, _ = oracle(xv, case, mode, thr, None)
+    assert_close(got, want, bound, "compact roundtrip")

@@ -101,8 +101,8 @@ def test_odd_oc_with_4bit_rejected():
 
 
 def test_wrong_schema_version_names_both():
-    with pytest.raises(Exception, match="schema_version 2 is not supported: this extension implements schema_version 1"):
-        create(base_inputs(), schema_version=2)
+    with pytest.raises(Exception, match="schema_version 3 is not supported: this extension implements schema_version 1 and 2"):
+        create(base_inputs(), schema_version=3)
     with pytest.raises(ValueError, match="schema_version 3 is not supported"):
         ops.SCAPFullyConnected(base_inputs(), schema_version=3)
 
@@ -167,3 +167,61 @@ def test_packed_constants_keep_their_precision_mark():
     node = create(base_inputs())
     for port in (1, 2, 3):
         assert "keep_const_precision_0" in node.input_value(port).get_node().get_rt_info()
+
+
+# --- compact form (schema_version 2): only the inputs that carry data ------------------------------------------
+
+def create_compact(inputs, listed, mode_value=0.0, threshold_value=0.1):
+    return ops.native_node_factory().create(
+        "SCAPFullyConnected", inputs,
+        {"schema_version": 2, "inputs": listed, "mode_value": mode_value, "threshold_value": threshold_value})
+
+
+def compact_inputs(listed, **over):
+    full = dict(zip(ops.INPUT_NAMES, base_inputs(**over)))
+    return [full["x"], full["weights"]] + [full[n] for n in listed.split(",") if n]
+
+
+def test_compact_valid_builds_and_compiles(core):
+    node = create_compact(compact_inputs("scales,zero_points"), "scales,zero_points")
+    assert node.get_output_partial_shape(0) == ov.PartialShape([-1, OC])
+    assert ops.input_names(node) == ("x", "weights", "scales", "zero_points")
+    core.compile_model(ov.Model([node.output(0)], [node.input_value(0).get_node()]), "CPU")
+    f32 = create_compact(compact_inputs("", weights=const(np.zeros((IC, OC), np.float32))), "")
+    assert f32.get_input_size() == 2
+
+
+@pytest.mark.parametrize("listed, message", [
+    ("scales,bogus", 'unknown input name "bogus"'),
+    ("zero_points,scales", "in the order scales,zero_points,mode,threshold,bias"),
+    ("scales,scales", "in the order"),
+    ("scales,", "ends with a comma"),
+])
+def test_compact_bad_input_list_rejected(listed, message):
+    with pytest.raises(Exception, match=message):
+        create_compact(compact_inputs("scales,zero_points"), listed)
+
+
+def test_compact_input_count_must_match_list():
+    with pytest.raises(Exception, match=r"expects 4 inputs, got 3"):
+        create_compact(compact_inputs("scales"), "scales,zero_points")
+
+
+@pytest.mark.parametrize("value", [-0.5, float("nan"), float("inf")])
+def test_compact_threshold_value_must_be_finite_non_negative(value):
+    with pytest.raises(Exception, match="threshold_value must be finite and >= 0"):
+        create_compact(compact_inputs("scales,zero_points"), "scales,zero_points", threshold_value=value)
+
+
+def test_compact_quantized_weights_need_scales():
+    with pytest.raises(Exception, match="scales must be 2-D"):
+        create_compact(compact_inputs(""), "")
+    with pytest.raises(Exception, match="zero_points"):
+        create_compact(compact_inputs("scales"), "scales")  # u8 weights are asymmetric: zero points required
+
+
+def test_twin_compact_rejects_bad_list():
+    with pytest.raises(ValueError, match="names must be a subset"):
+        ops.SCAPFullyConnected(compact_inputs("zero_points,scales"), 2, "zero_points,scales")
+    with pytest.raises(ValueError, match="expects 3 inputs"):
+        ops.SCAPFullyConnected(compact_inputs(""), 2, "scales")

@@ -22,7 +22,7 @@ import openvino as ov
 import openvino.opset13 as ops
 from openvino.passes import AnyInput, Matcher, MatcherPass, WrapType
 
-from scap_ov.ops import INPUT_NAMES, OP_TYPE, make_scap_fc
+from scap_ov.ops import OP_TYPE, input_names, make_scap_fc
 from scap_ov.packing import PackedWeights, concat_output_channels, pack_compressed, pack_float
 from scap_ov.transformations.weights import WeightChain, constant_values, match_weight_chain
 
@@ -123,7 +123,7 @@ def _fuse(group: list[_Prepared], native: bool) -> None:
     fused = make_scap_fc(first.match.x, packed, first.mode, first.tau, bias, name=base + "fused", native=native)
     # Name the op's constants after the FC: unnamed ones get process-global counters, and re-running the
     # transformation from the same artifact must reproduce the IR bit for bit.
-    for port, input_name in enumerate(INPUT_NAMES[1:], start=1):
+    for port, input_name in enumerate(input_names(fused.get_node())[1:], start=1):
         fused.get_node().input_value(port).get_node().set_friendly_name(base + input_name)
     if len(group) == 1:
         first.match.last.output(0).replace(fused)

@@ -14,7 +14,9 @@ namespace scap_ov {
 
 namespace {
 
-enum Port : size_t { X = 0, WEIGHTS, SCALES, ZERO_POINTS, MODE, THRESHOLD, BIAS, N_INPUTS };
+enum Port : size_t { X = 0, WEIGHTS, N_INPUTS = 7 };
+using Param = SCAPFullyConnected::Param;
+constexpr const char* kParamNames[SCAPFullyConnected::N_PARAMS] = {"scales", "zero_points", "mode", "threshold", "bias"};
 
 bool weight_type_supported(const ov::element::Type& t) {
     using ov::element::Type_t;
@@ -127,6 +129,59 @@ SCAPFullyConnected::SCAPFullyConnected(const ov::OutputVector& args, int64_t sch
     constructor_validate_and_infer_types();
 }
 
+SCAPFullyConnected::SCAPFullyConnected(const ov::OutputVector& args,
+                                       const std::string& inputs,
+                                       float mode_value,
+                                       float threshold_value)
+    : Op(args),
+      m_schema_version(kCompactSchemaVersion),
+      m_inputs(inputs),
+      m_mode_value(mode_value),
+      m_threshold_value(threshold_value) {
+    constructor_validate_and_infer_types();
+}
+
+void SCAPFullyConnected::resolve_ports() {
+    if (m_schema_version != kCompactSchemaVersion) {
+        for (size_t p = 0; p < N_PARAMS; ++p)
+            m_port[p] = static_cast<int64_t>(2 + p);
+        return;
+    }
+    m_port.fill(-1);
+    int64_t next = 2;
+    size_t last = 0;  // names must follow the fixed order, each at most once
+    size_t pos = 0;
+    while (pos < m_inputs.size()) {
+        size_t end = m_inputs.find(',', pos);
+        if (end == std::string::npos)
+            end = m_inputs.size();
+        const std::string name = m_inputs.substr(pos, end - pos);
+        size_t p = 0;
+        while (p < N_PARAMS && name != kParamNames[p])
+            ++p;
+        NODE_VALIDATION_CHECK(this,
+                              p < N_PARAMS,
+                              "SCAPFullyConnected attribute inputs=\"",
+                              m_inputs,
+                              "\": unknown input name \"",
+                              name,
+                              "\" (expected a subset of scales,zero_points,mode,threshold,bias in this order)");
+        NODE_VALIDATION_CHECK(this,
+                              m_port[p] < 0 && p + 1 > last,
+                              "SCAPFullyConnected attribute inputs=\"",
+                              m_inputs,
+                              "\": names must appear once each, in the order scales,zero_points,mode,threshold,bias");
+        m_port[p] = next++;
+        last = p + 1;
+        pos = end + 1;
+        NODE_VALIDATION_CHECK(this,
+                              end == m_inputs.size() || pos < m_inputs.size(),
+                              "SCAPFullyConnected attribute inputs=\"",
+                              m_inputs,
+                              "\" ends with a comma");
+    }
+}
+
 namespace {
 // The CPU plugin's ConvertPrecision pass would otherwise rewrite the packed constants before they reach
 // evaluate(): f16/bf16 -> f32 and u4/i4 -> u8/i8, doubling the weight memory and bandwidth. Constants whose
@@ -145,27 +200,59 @@ void keep_const_precision(ov::Node* node) {
 
 void SCAPFullyConnected::validate_and_infer_types() {
     NODE_VALIDATION_CHECK(this,
-                          m_schema_version == kSchemaVersion,
+                          m_schema_version == kSchemaVersion || m_schema_version == kCompactSchemaVersion,
                           "SCAPFullyConnected schema_version ",
                           m_schema_version,
                           " is not supported: this extension implements schema_version ",
-                          kSchemaVersion);
-    NODE_VALIDATION_CHECK(this,
-                          get_input_size() == N_INPUTS,
-                          "SCAPFullyConnected expects 7 inputs (x, weights, scales, zero_points, mode, threshold, bias), got ",
-                          get_input_size());
+                          kSchemaVersion,
+                          " and ",
+                          kCompactSchemaVersion);
+    resolve_ports();
+    if (m_schema_version == kSchemaVersion) {
+        NODE_VALIDATION_CHECK(this,
+                              get_input_size() == N_INPUTS,
+                              "SCAPFullyConnected expects 7 inputs (x, weights, scales, zero_points, mode, threshold, bias), got ",
+                              get_input_size());
+    } else {
+        int64_t n = 2;
+        for (size_t p = 0; p < N_PARAMS; ++p)
+            n += m_port[p] >= 0;
+        NODE_VALIDATION_CHECK(this,
+                              static_cast<int64_t>(get_input_size()) == n,
+                              "SCAPFullyConnected (compact, inputs=\"",
+                              m_inputs,
+                              "\") expects ",
+                              n,
+                              " inputs, got ",
+                              get_input_size());
+        NODE_VALIDATION_CHECK(this,
+                              std::isfinite(m_threshold_value) && m_threshold_value >= 0.0f,
+                              "SCAPFullyConnected threshold_value must be finite and >= 0, got ",
+                              m_threshold_value);
+    }
+    // An absent parameter reads as its "none" marker: scales / zero points / bias empty [0], mode / threshold
+    // a scalar f32 (the attribute value).
+    const auto p_type = [&](Param p) {
+        return m_port[p] >= 0 ? get_input_element_type(static_cast<size_t>(m_port[p])) : ov::element::f32;
+    };
+    static const ov::PartialShape scalar_marker{}, empty_marker{0};
+    const auto p_shape = [&](Param p) -> const ov::PartialShape& {
+        if (m_port[p] >= 0)
+            return get_input_partial_shape(static_cast<size_t>(m_port[p]));
+        return (p == Param::MODE || p == Param::THRESHOLD) ? scalar_marker : empty_marker;
+    };
 
     const auto& x_t = get_input_element_type(X);
     const auto& w_t = get_input_element_type(WEIGHTS);
-    const auto& s_t = get_input_element_type(SCALES);
-    const auto& z_t = get_input_element_type(ZERO_POINTS);
+    const auto s_t = p_type(Param::SCALES);
+    const auto z_t = m_port[Param::ZERO_POINTS] >= 0 ? p_type(Param::ZERO_POINTS) : w_t;
     const auto& x_ps = get_input_partial_shape(X);
     const auto& w_ps = get_input_partial_shape(WEIGHTS);
-    const auto& s_ps = get_input_partial_shape(SCALES);
-    const auto& z_ps = get_input_partial_shape(ZERO_POINTS);
-    const auto& m_ps = get_input_partial_shape(MODE);
-    const auto& t_ps = get_input_partial_shape(THRESHOLD);
-    const auto& b_ps = get_input_partial_shape(BIAS);
+    const auto& s_ps = p_shape(Param::SCALES);
+    const auto& z_ps = p_shape(Param::ZERO_POINTS);
+    const auto& m_ps = p_shape(Param::MODE);
+    const auto& t_ps = p_shape(Param::THRESHOLD);
+    const auto& b_ps = p_shape(Param::BIAS);
 
     NODE_VALIDATION_CHECK(this, x_t.is_dynamic() || x_t == ov::element::f32, "SCAPFullyConnected input x must be f32, got ", x_t);
     NODE_VALIDATION_CHECK(this,
@@ -287,8 +374,8 @@ void SCAPFullyConnected::validate_and_infer_types() {
     }
 
     // mode / threshold
-    const auto& m_t = get_input_element_type(MODE);
-    const auto& t_t = get_input_element_type(THRESHOLD);
+    const auto m_t = p_type(Param::MODE);
+    const auto t_t = p_type(Param::THRESHOLD);
     NODE_VALIDATION_CHECK(this, m_t.is_dynamic() || m_t == ov::element::f32, "SCAPFullyConnected mode must be f32, got ", m_t);
     NODE_VALIDATION_CHECK(this,
                           t_t.is_dynamic() || t_t == ov::element::f32,
@@ -306,7 +393,8 @@ void SCAPFullyConnected::validate_and_infer_types() {
                           ic,
                           "], got shape ",
                           t_ps);
-    if (const auto* c = ov::as_type<const ov::op::v0::Constant>(get_input_node_ptr(THRESHOLD))) {
+    const auto* thr_node = m_port[Param::THRESHOLD] >= 0 ? get_input_node_ptr(static_cast<size_t>(m_port[Param::THRESHOLD])) : nullptr;
+    if (const auto* c = ov::as_type<const ov::op::v0::Constant>(thr_node)) {
         if (c->get_element_type() == ov::element::f32) {
             const void* p = c->get_data_ptr();  // possibly misaligned (IR constant): see f32_at
             const size_t n = ov::shape_size(c->get_shape());
@@ -325,7 +413,7 @@ void SCAPFullyConnected::validate_and_infer_types() {
     }
 
     // bias
-    const auto& b_t = get_input_element_type(BIAS);
+    const auto b_t = p_type(Param::BIAS);
     NODE_VALIDATION_CHECK(this, b_t.is_dynamic() || b_t == ov::element::f32, "SCAPFullyConnected bias must be f32, got ", b_t);
     NODE_VALIDATION_CHECK(this,
                           b_ps.rank().is_dynamic() || (b_ps.rank().get_length() == 1 &&
@@ -341,8 +429,9 @@ void SCAPFullyConnected::validate_and_infer_types() {
     // constant-folded by the plugin, so the precision of its weights does not matter there.)
     if (!ov::is_type<ov::op::v0::Constant>(get_input_node_ptr(X))) {
         keep_const_precision(get_input_node_ptr(WEIGHTS));
-        keep_const_precision(get_input_node_ptr(SCALES));
-        keep_const_precision(get_input_node_ptr(ZERO_POINTS));
+        for (Param p : {Param::SCALES, Param::ZERO_POINTS})
+            if (m_port[p] >= 0)
+                keep_const_precision(get_input_node_ptr(static_cast<size_t>(m_port[p])));
     }
 
     ov::PartialShape out_ps = ov::PartialShape::dynamic();
@@ -361,11 +450,19 @@ std::shared_ptr<ov::Node> SCAPFullyConnected::clone_with_new_inputs(const ov::Ou
                           get_input_size(),
                           " arguments, but got ",
                           new_args.size());
+    if (m_schema_version == kCompactSchemaVersion)
+        return std::make_shared<SCAPFullyConnected>(new_args, m_inputs, m_mode_value, m_threshold_value);
     return std::make_shared<SCAPFullyConnected>(new_args, m_schema_version);
 }
 
 bool SCAPFullyConnected::visit_attributes(ov::AttributeVisitor& visitor) {
     visitor.on_attribute("schema_version", m_schema_version);
+    // Written only for the compact form, so schema_version 1 IRs stay exactly as before.
+    if (m_schema_version == kCompactSchemaVersion) {
+        visitor.on_attribute("inputs", m_inputs);
+        visitor.on_attribute("mode_value", m_mode_value);
+        visitor.on_attribute("threshold_value", m_threshold_value);
+    }
     return true;
 }
 
@@ -374,15 +471,23 @@ bool SCAPFullyConnected::has_evaluate() const {
 }
 
 bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
-    OPENVINO_ASSERT(inputs.size() == N_INPUTS, "SCAPFullyConnected::evaluate expects 7 inputs, got ", inputs.size());
+    size_t n_inputs = 2;
+    for (size_t p = 0; p < N_PARAMS; ++p)
+        n_inputs += m_port[p] >= 0;
+    OPENVINO_ASSERT(inputs.size() == n_inputs, "SCAPFullyConnected::evaluate expects ", n_inputs, " inputs, got ",
+                    inputs.size());
     OPENVINO_ASSERT(outputs.size() == 1, "SCAPFullyConnected::evaluate expects 1 output, got ", outputs.size());
     const auto& x = inputs[X];
     const auto& w = inputs[WEIGHTS];
-    const auto& s = inputs[SCALES];
-    const auto& z = inputs[ZERO_POINTS];
-    const auto& m = inputs[MODE];
-    const auto& t = inputs[THRESHOLD];
-    const auto& b = inputs[BIAS];
+    // Absent parameters (compact form): nullptr.
+    const auto param = [&](Param p) -> const ov::Tensor* {
+        return m_port[p] >= 0 ? &inputs[static_cast<size_t>(m_port[p])] : nullptr;
+    };
+    const ov::Tensor* s = param(Param::SCALES);
+    const ov::Tensor* z = param(Param::ZERO_POINTS);
+    const ov::Tensor* m = param(Param::MODE);
+    const ov::Tensor* t = param(Param::THRESHOLD);
+    const ov::Tensor* b = param(Param::BIAS);
 
     const auto w_t = w.get_element_type();
     OPENVINO_ASSERT(x.get_element_type() == ov::element::f32, "SCAPFullyConnected: x must be f32");
@@ -403,28 +508,29 @@ bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVec
 
     int64_t G = 1;
     if (!is_float_weight(w_t)) {
-        const auto& ss = s.get_shape();
-        OPENVINO_ASSERT(s.get_element_type() == ov::element::f16 || s.get_element_type() == ov::element::f32,
+        OPENVINO_ASSERT(s, "SCAPFullyConnected: ", w_t, " weights need scales");
+        const auto& ss = s->get_shape();
+        OPENVINO_ASSERT(s->get_element_type() == ov::element::f16 || s->get_element_type() == ov::element::f32,
                         "SCAPFullyConnected: scales must be f16 or f32");
         OPENVINO_ASSERT(ss.size() == 2 && static_cast<int64_t>(ss[1]) == OC && ss[0] >= 1,
                         "SCAPFullyConnected: scales must be [G, OC=", OC, "], got ", ss);
         G = static_cast<int64_t>(ss[0]);
         OPENVINO_ASSERT(IC % G == 0, "SCAPFullyConnected: ", G, " groups do not divide IC=", IC);
         if (is_asym(w_t)) {
-            OPENVINO_ASSERT(z.get_element_type() == w_t && z.get_shape() == ss,
+            OPENVINO_ASSERT(z && z->get_element_type() == w_t && z->get_shape() == ss,
                             "SCAPFullyConnected: zero_points must be ", w_t, " ", ss);
             const size_t zb = q4 ? static_cast<size_t>(G * OC / 2) : static_cast<size_t>(G * OC);
-            OPENVINO_ASSERT(z.get_byte_size() >= zb, "SCAPFullyConnected: zero_points tensor too small");
+            OPENVINO_ASSERT(z->get_byte_size() >= zb, "SCAPFullyConnected: zero_points tensor too small");
         }
     }
-    const size_t n_mode = m.get_size();
-    const size_t n_thr = t.get_size();
-    OPENVINO_ASSERT(m.get_element_type() == ov::element::f32 && (n_mode == 1 || static_cast<int64_t>(n_mode) == IC),
+    const size_t n_mode = m ? m->get_size() : 1;
+    const size_t n_thr = t ? t->get_size() : 1;
+    OPENVINO_ASSERT((!m || m->get_element_type() == ov::element::f32) && (n_mode == 1 || static_cast<int64_t>(n_mode) == IC),
                     "SCAPFullyConnected: mode must be f32 with 1 or IC=", IC, " values, got ", n_mode);
-    OPENVINO_ASSERT(t.get_element_type() == ov::element::f32 && (n_thr == 1 || static_cast<int64_t>(n_thr) == IC),
+    OPENVINO_ASSERT((!t || t->get_element_type() == ov::element::f32) && (n_thr == 1 || static_cast<int64_t>(n_thr) == IC),
                     "SCAPFullyConnected: threshold must be f32 with 1 or IC=", IC, " values, got ", n_thr);
-    const size_t n_bias = b.get_size();
-    OPENVINO_ASSERT(b.get_element_type() == ov::element::f32 && (n_bias == 0 || static_cast<int64_t>(n_bias) == OC),
+    const size_t n_bias = b ? b->get_size() : 0;
+    OPENVINO_ASSERT((!b || b->get_element_type() == ov::element::f32) && (n_bias == 0 || static_cast<int64_t>(n_bias) == OC),
                     "SCAPFullyConnected: bias must be f32 [OC=", OC, "] or [0], got ", n_bias, " values");
 
     ov::Shape out_shape = xs;
@@ -441,22 +547,22 @@ bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVec
     a.wtype = to_wtype(w_t);
     a.w = static_cast<const uint8_t*>(w.data());
     if (!is_float_weight(w_t)) {
-        a.scales = s.data();
-        a.scales_f16 = s.get_element_type() == ov::element::f16;
+        a.scales = s->data();
+        a.scales_f16 = s->get_element_type() == ov::element::f16;
         a.n_groups = G;
         a.group_size = IC / G;
         if (is_asym(w_t))
-            a.zp = static_cast<const uint8_t*>(z.data());
+            a.zp = static_cast<const uint8_t*>(z->data());
     } else {
         a.n_groups = 1;
         a.group_size = IC;
     }
     std::vector<float> mode_copy, thr_copy, bias_copy;  // only filled for misaligned constants (f32_aligned)
-    a.mode = f32_aligned(m, mode_copy);
+    a.mode = m ? f32_aligned(*m, mode_copy) : &m_mode_value;
     a.mode_vec = n_mode != 1;
-    a.thr = f32_aligned(t, thr_copy);
+    a.thr = t ? f32_aligned(*t, thr_copy) : &m_threshold_value;
     a.thr_vec = n_thr != 1;
-    a.bias = n_bias ? f32_aligned(b, bias_copy) : nullptr;
+    a.bias = n_bias ? f32_aligned(*b, bias_copy) : nullptr;
     a.y = y.data<float>();
     if (a.M == 0 || OC == 0)
         return true;

@@ -6,7 +6,19 @@
 // scales f16/f32 [G, OC] ([0] for float weights); zero_points [G, OC] of the weight type for u8/u4 ([0]
 // otherwise); mode f32 [] / [1] / [IC]; threshold f32 [] / [1] / [IC]; bias f32 [OC] or [0].
 // Output: f32 [..., OC].
+//
+// schema_version 2 (compact): the same op with only the inputs that carry data. x and weights are always
+// inputs 0 and 1; attribute `inputs` lists, in the fixed order above, which of scales, zero_points, mode,
+// threshold, bias follow (e.g. "threshold" or "scales,zero_points"). An absent mode / threshold takes the
+// scalar attribute `mode_value` / `threshold_value`; absent scales / zero points / bias mean none.
+// Why: with a dynamic token dimension the CPU plugin re-infers the shape of an extension op on every call by
+// wrapping every input in a Constant and cloning the op (ShapeInferFallback, all ports data-dependent), and
+// builds an ov::Tensor per input for evaluate(); each input costs a few microseconds per call, so the 7-input
+// form of an f32 FC paid for 5 inputs that hold nothing or a single scalar.
 #pragma once
+
+#include <array>
+#include <string>
 
 #include <openvino/op/op.hpp>
 
@@ -16,10 +28,19 @@ class SCAPFullyConnected : public ov::op::Op {
 public:
     OPENVINO_OP("SCAPFullyConnected", "extension");
 
-    static constexpr int64_t kSchemaVersion = 1;
+    static constexpr int64_t kSchemaVersion = 1;         // seven inputs
+    static constexpr int64_t kCompactSchemaVersion = 2;  // x, weights + the inputs named by `inputs`
+
+    // Logical parameters after x and weights, in their fixed order.
+    enum Param : size_t { SCALES = 0, ZERO_POINTS, MODE, THRESHOLD, BIAS, N_PARAMS };
 
     SCAPFullyConnected() = default;
     SCAPFullyConnected(const ov::OutputVector& args, int64_t schema_version = kSchemaVersion);
+    // Compact form (schema_version 2).
+    SCAPFullyConnected(const ov::OutputVector& args,
+                       const std::string& inputs,
+                       float mode_value,
+                       float threshold_value);
 
     void validate_and_infer_types() override;
     std::shared_ptr<ov::Node> clone_with_new_inputs(const ov::OutputVector& new_args) const override;
@@ -31,8 +52,20 @@ public:
         return m_schema_version;
     }
 
+    // Input port of a parameter, or -1 when it is absent (compact form).
+    int64_t port_of(Param p) const {
+        return m_port[p];
+    }
+
 private:
+    // Parses m_inputs into m_port (throws on an unknown / repeated / out-of-order name).
+    void resolve_ports();
+
     int64_t m_schema_version = kSchemaVersion;
+    std::string m_inputs;          // compact form only
+    float m_mode_value = 0.0f;     // compact form: value of an absent mode
+    float m_threshold_value = 0.0f;  // compact form: value of an absent threshold
+    std::array<int64_t, N_PARAMS> m_port{{2, 3, 4, 5, 6}};
 };
 
 }  // namespace scap_ov
