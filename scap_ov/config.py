@@ -47,7 +47,6 @@ class CalibrationConfig:
     score: str = "magnitude"
     blocks_per_group: int = 10  # greedy: blocks whose FCs reading one kind of input share a target
     probe_windows: int = 4  # greedy: calibration windows the end-model KL is measured on
-    joint: bool = False  # greedy: marginal costs measured on the whole current allocation (allocate_joint)
 
     @property
     def budget(self) -> float:

@@ -6,7 +6,7 @@ import pytest
 from conftest import F32, tiny_block_model
 from scap_ov.artifact import Artifact, FCThreshold
 from scap_ov.calibration import calibrate
-from scap_ov.calibration.allocation import LEVELS, Group, allocate, allocate_joint, make_groups
+from scap_ov.calibration.allocation import LEVELS, Group, allocate, make_groups
 from scap_ov.config import CalibrationConfig, parse_targets
 from scap_ov.errors import ScapError
 from scap_ov.layers import find_fcs
@@ -76,21 +76,3 @@ def test_greedy_calibration_meets_the_byte_budget_and_records_its_curves():
     assert all(g["kl"][1] > 0 for g in groups.values())  # pruning any group moves the output
     assert len({e.target_sparsity for e in artifact.fcs}) > 1  # not uniform
 
-
-def test_joint_allocation_sees_interactions_the_additive_one_misses():
-    # "a" and "b" each cost little alone but much together (they compensate each other's error only apart):
-    # additive costs prune both; measured jointly, the second of them turns dear and "c" is taken instead.
-    def joint(levels):
-        a, b, c = levels["a"], levels["b"], levels["c"]
-        return a + b + 20 * a * b + 3 * c
-
-    groups = [Group("a", [], 100), Group("b", [], 100), Group("c", [], 100)]
-    asked = []
-    targets = allocate_joint(groups, 0.4, lambda levels: asked.append(dict(levels)) or joint(levels))
-    additive = allocate([Group("a", [], 100), Group("b", [], 100), Group("c", [], 100)], 0.4,
-                        lambda g, level: joint({"a": 0, "b": 0, "c": 0, g.name: level}))
-    assert sum(targets.values()) == pytest.approx(1.2) and sum(additive.values()) == pytest.approx(1.2)
-    assert joint(targets) < joint(additive)
-    assert targets["c"] > 0 and min(targets["a"], targets["b"]) < 0.2
-    assert len(asked) < 3 * 12  # lazy: far fewer probes than groups x steps
-    assert groups[2].costs[-1] == pytest.approx(joint(targets))  # the running cost is the measured joint KL

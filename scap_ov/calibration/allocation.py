@@ -129,59 +129,9 @@ def allocate(groups: list[Group], budget: float, cost: Callable[[Group, float], 
     return {g.name: levels[position[g.name]] for g in groups}
 
 
-def allocate_joint(groups: list[Group], budget: float, cost: Callable[[dict[str, float]], float]) -> dict[str, float]:
-    """Like ``allocate``, but each step's marginal cost is measured on the whole current allocation.
-
-    Costs do not add up (pruning one group changes what pruning another costs), so a candidate's marginal
-    cost is KL(current allocation with that group raised) - KL(current allocation). Lazy: marginal costs
-    measured at earlier allocations are kept as estimates, and only the cheapest candidate is re-measured;
-    it is taken when its fresh cost still beats every other estimate.
-    """
-    total = sum(g.nbytes for g in groups)
-    levels = (0.0,) + LEVELS
-    position = {g.name: 0 for g in groups}
-    by_name = {g.name: g for g in groups}
-    current, pruned = 0.0, 0.0
-    estimate: dict[str, float] = {}
-    fresh: set[str] = set()  # estimates measured at the current allocation
-
-    def raised(name: str) -> dict[str, float]:
-        return {n: levels[p + (n == name)] for n, p in position.items()}
-
-    def per_byte(name: str, kl: float) -> float:
-        p = position[name]
-        return (kl - current) / ((levels[p + 1] - levels[p]) * by_name[name].nbytes)
-
-    for g in groups:
-        g.costs = [0.0]
-    while pruned < budget * total - 1e-9:
-        open_names = [n for n, p in position.items() if p + 1 < len(levels)]
-        if not open_names:
-            raise ScapError(f"the greedy allocation cannot meet a budget of {budget:.2f}: every group is at "
-                            f"{levels[-1]:.1f}")
-        while True:
-            for n in open_names:
-                if n not in estimate:
-                    estimate[n] = per_byte(n, cost(raised(n)))
-                    fresh.add(n)
-            best = min(open_names, key=lambda n: estimate[n])
-            if best in fresh:
-                break
-            estimate[best] = per_byte(best, cost(raised(best)))
-            fresh.add(best)
-        p = position[best]
-        current += estimate[best] * (levels[p + 1] - levels[p]) * by_name[best].nbytes
-        position[best] += 1
-        by_name[best].costs.append(current)
-        pruned += (levels[p + 1] - levels[p]) * by_name[best].nbytes
-        fresh.clear()
-        del estimate[best]
-    return {n: levels[p] for n, p in position.items()}
-
-
 def greedy_targets(model: ov.Model, fcs: list[FC], tau_at: Callable[[FC, float], float | np.ndarray],
                    modes: dict[str, float | np.ndarray], windows: np.ndarray, budget: float, blocks_per_group: int,
-                   layer_patterns: dict[str, str] | None = None, joint: bool = False) -> tuple[dict[str, float], dict]:
+                   layer_patterns: dict[str, str] | None = None) -> tuple[dict[str, float], dict]:
     """Per-FC targets meeting ``budget`` and a report (group curves and targets) for the artifact.
 
     ``tau_at(fc, level)``: the FC's threshold (scalar or per channel) for sparsity ``level`` on the dense model.
@@ -195,15 +145,11 @@ def greedy_targets(model: ov.Model, fcs: list[FC], tau_at: Callable[[FC, float],
         progress.update()
         return probe.kl({fc.name: tau_at(fc, level) for fc in group.fcs})
 
-    def joint_cost(levels: dict[str, float]) -> float:
-        progress.update()
-        return probe.kl({fc.name: tau_at(fc, levels[g.name]) for g in groups for fc in g.fcs if levels[g.name] > 0})
-
-    targets = allocate_joint(groups, budget, joint_cost) if joint else allocate(groups, budget, cost)
+    targets = allocate(groups, budget, cost)
     progress.close()
     log.info("greedy allocation (%d probes): %s", progress.n,
              ", ".join(f"{name} {t:.1f}" for name, t in targets.items()))
     per_fc = {fc.name: targets[g.name] for g in groups for fc in g.fcs}
-    report = {"levels": [0.0, *LEVELS], "probes": progress.n, "joint": joint,
+    report = {"levels": [0.0, *LEVELS], "probes": progress.n,
               "groups": {g.name: {"kl": [round(c, 6) for c in g.costs], "target": targets[g.name]} for g in groups}}
     return per_fc, report
