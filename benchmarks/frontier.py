@@ -84,7 +84,8 @@ def plot(result: dict, png: Path) -> None:
     a.axhline(1.0, color="grey", lw=0.6)
     a.axhline(1.08, color="r", lw=0.6, ls="--", label="1.08x target")
     b.axhline(dense["cloze_accuracy"], color="grey", lw=0.6, label="dense")
-    a.set(xlabel="realised FC-weight-byte sparsity (held-out)", ylabel="perplexity / dense", title="Perplexity")
+    a.set(xlabel="realised FC-weight-byte sparsity (held-out)", ylabel="perplexity / dense", title="Perplexity",
+          yscale="log")  # CATS at 40% is ~16x
     b.set(xlabel="realised FC-weight-byte sparsity (held-out)", ylabel="last-word cloze accuracy", title="Cloze")
     a.legend(fontsize=7)
     b.legend(fontsize=7)

@@ -60,18 +60,19 @@ def token_windows(tokenizer, texts: list[str], seq_len: int, count: int | None, 
     return np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
 
 
-def model_inputs(window: np.ndarray) -> dict[str, np.ndarray]:
-    """Inputs of an optimum-intel stateful decoder IR for one window (a fresh sequence); callers keep the ones
-    the model has, so an encoder (input_ids, attention_mask, token_type_ids) takes the same dict."""
+def model_inputs(window: np.ndarray, input_names=None) -> dict[str, np.ndarray]:
+    """Inputs of an optimum-intel IR for one window (a fresh sequence): a stateful decoder's, or an encoder's
+    (input_ids, attention_mask, token_type_ids); only those in ``input_names`` when given (the model's inputs)."""
     ids = np.asarray(window, dtype=np.int64).reshape(1, -1)
-    return {
+    inputs = {
         "input_ids": ids,
         "attention_mask": np.ones_like(ids),
         "position_ids": np.arange(ids.shape[1], dtype=np.int64).reshape(1, -1),
         "beam_idx": np.zeros(1, dtype=np.int32),
         "token_type_ids": np.zeros_like(ids),  # BERT-style encoders: one segment
     }
+    return inputs if input_names is None else {k: v for k, v in inputs.items() if k in input_names}
 
 
 def calibration_dataset(windows: np.ndarray, input_names: set[str]) -> nncf.Dataset:
-    return nncf.Dataset(list(windows), lambda w: {k: v for k, v in model_inputs(w).items() if k in input_names})
+    return nncf.Dataset(list(windows), lambda w: model_inputs(w, input_names))

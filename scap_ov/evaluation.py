@@ -94,7 +94,7 @@ class Evaluator:
 
     def forward(self, window: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
         self.request.reset_state()
-        inputs = {k: v for k, v in model_inputs(window).items() if k in self.input_names}
+        inputs = model_inputs(window, self.input_names)
         self.request.infer(inputs)
         logits = self.request.get_tensor(self.logits_port).data[0]
         sparsity = {name: float(self.request.get_tensor(port).data) for name, port in self.sparsity_outputs.items()}

@@ -32,6 +32,10 @@ def scap_folder(tmp_path_factory, dense_folder):
     return out
 
 
+def _inputs(request, window):
+    return model_inputs(window, {name for port in request.model_inputs for name in port.names})
+
+
 def _windows(folder, count=4, seq_len=256):
     texts = load_texts(None, (assets.PERPLEXITY_NOVEL,))
     return token_windows(load_tokenizer(folder), texts, seq_len, count, "evaluation")
@@ -79,7 +83,7 @@ def test_dense_equivalence_at_sparsity_zero(scap0_folder, dense_folder):
     for path in (dense_folder / IR_XML, scap0_folder / PORTABLE_XML):
         compiled = core.compile_model(core.read_model(path), "CPU", F32)
         request = compiled.create_infer_request()
-        request.infer(model_inputs(window))
+        request.infer(_inputs(request, window))
         logits.append(request.get_tensor("logits").data.copy())
     assert np.abs(logits[0] - logits[1]).max() <= 1e-4
 
@@ -164,7 +168,7 @@ def _fc_outputs_and_logits(core, model, window, blocks=1):
             model.add_outputs(node.output(0))
             names.append(name.split("/")[0])
     request = core.compile_model(model, "CPU", F32).create_infer_request()
-    request.infer(model_inputs(window))
+    request.infer(_inputs(request, window))
     outs = {n: request.get_output_tensor(i + 1).data.copy() for i, n in enumerate(names)}
     return outs, request.get_tensor("logits").data.copy()
 
@@ -205,7 +209,7 @@ def test_exported_fused_ir_runs_with_the_extension_and_matches_portable(scap_fol
     logits = []
     for name in (PORTABLE_XML, IR_XML):
         request = core.compile_model(core.read_model(scap_folder / name), "CPU", F32).create_infer_request()
-        request.infer(model_inputs(window))
+        request.infer(_inputs(request, window))
         logits.append(request.get_tensor("logits").data.copy())
     assert _fused_fcs(scap_folder) == 210
     assert np.mean(logits[0].argmax(-1) == logits[1].argmax(-1)) >= 0.7  # see test_fused_ir_equals_portable_ir
