@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scap_ov.errors import ScapError
 from scap_ov.fsutil import atomic_file
 from scap_ov.layers import LAYER_TYPES
@@ -18,6 +20,11 @@ from scap_ov.layers import LAYER_TYPES
 SCHEMA = "scap-ov/calibration"
 SCHEMA_VERSION = 1
 ARTIFACT_NAME = "scap_calibration.json"  # its file name in an exported model folder
+
+
+def json_value(value) -> float | list[float]:
+    """A scalar or per-channel mode / tau as the artifact stores it: a float, or a list of floats."""
+    return np.asarray(value, dtype=float).tolist() if np.ndim(value) else float(value)
 
 
 @dataclass

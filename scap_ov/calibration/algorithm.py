@@ -16,7 +16,7 @@ import numpy as np
 import openvino as ov
 from tqdm.auto import tqdm
 
-from scap_ov.artifact import Artifact, FCThreshold
+from scap_ov.artifact import Artifact, FCThreshold, json_value
 from scap_ov.calibration import statistics
 from scap_ov.calibration.allocation import greedy_targets
 from scap_ov.config import CalibrationConfig
@@ -103,10 +103,6 @@ class Centre:
         return tau, fraction
 
 
-def _as_json(value) -> float | list[float]:
-    return value.astype(float).tolist() if np.ndim(value) else float(value)
-
-
 def _centres(fcs: list[FC], stats: dict[str, statistics.InputStatistics], config: CalibrationConfig,
              targets: dict[str, float]) -> dict[str, Centre]:
     norms = channel_norms(fcs) if config.score == "weighted" else {}
@@ -122,8 +118,8 @@ def _thresholds(fcs: list[FC], stats: dict[str, statistics.InputStatistics], tar
     for fc in fcs:
         centre, target = centres[fc.name], targets[fc.name]
         tau, fraction = centre.solve(stats[fc.name], target, score_histogram)
-        entries.append(FCThreshold(name=fc.name, layer_type=fc.layer_type, mode=_as_json(centre.mode),
-                                   tau=_as_json(tau), target_sparsity=target,
+        entries.append(FCThreshold(name=fc.name, layer_type=fc.layer_type, mode=json_value(centre.mode),
+                                   tau=json_value(tau), target_sparsity=target,
                                    calibration_sparsity=round(float(fraction), 6), method=method))
     return entries
 
@@ -172,7 +168,8 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray], config: C
     if config.method == "cats":
         targets = cats_targets(fcs, config.budget)
         fcs = [fc for fc in fcs if fc.name in targets]
-        observed = {fc.name: (gated_input(fc).multiply.get_friendly_name(), gated_input(fc).port) for fc in fcs}
+        gated = {fc.name: gated_input(fc) for fc in fcs}
+        observed = {name: (g.multiply.get_friendly_name(), g.port) for name, g in gated.items()}
         stats = statistics.collect(model, observed, dataset, len(windows), reservoir_rows=0)
         centres = {fc.name: Centre(0.0) for fc in fcs}
     else:

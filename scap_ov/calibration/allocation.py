@@ -23,7 +23,7 @@ import numpy as np
 import openvino as ov
 from tqdm.auto import tqdm
 
-from scap_ov.artifact import Artifact, FCThreshold
+from scap_ov.artifact import Artifact, FCThreshold, json_value
 from scap_ov.errors import ScapError
 from scap_ov.evaluation import Evaluator
 from scap_ov.layers import FC, SHARED_INPUT
@@ -54,10 +54,6 @@ def make_groups(fcs: list[FC], blocks_per_group: int) -> list[Group]:
     return groups
 
 
-def _listed(value) -> float | list[float]:
-    return np.asarray(value, dtype=float).tolist() if np.ndim(value) else float(value)
-
-
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
@@ -69,8 +65,8 @@ class SensitivityProbe:
     def __init__(self, model: ov.Model, fcs: list[FC], modes: dict[str, float | np.ndarray], windows: np.ndarray,
                  layer_patterns: dict[str, str] | None = None, tau_shapes: dict[str, tuple] | None = None):
         self.tau_shapes = {fc.name: (tau_shapes or {}).get(fc.name, ()) for fc in fcs}
-        entries = [FCThreshold(fc.name, fc.layer_type, _listed(modes[fc.name]),
-                               _listed(np.zeros(self.tau_shapes[fc.name])), 0.0, 0.0, "probe") for fc in fcs]
+        entries = [FCThreshold(fc.name, fc.layer_type, json_value(modes[fc.name]),
+                               json_value(np.zeros(self.tau_shapes[fc.name])), 0.0, 0.0, "probe") for fc in fcs]
         self.evaluator = Evaluator(apply_portable(model.clone(), Artifact(fcs=entries), layer_patterns, tunable=True))
         self.fcs = fcs
         self.windows = windows
