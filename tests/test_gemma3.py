@@ -123,3 +123,51 @@ def test_cats_thresholds_the_gelu_gate(tiny_gemma, tmp_path):
     window = _windows(1, 24, seed=3)[0]
     dense, cats = _logits(tiny_gemma / IR_XML, window), _logits(out / PORTABLE_XML, window)
     assert np.isfinite(cats).all() and np.abs(dense - cats).max() > 1e-3
+
+
+# ------------------------------------------------------------------------------- the real gemma3-270m (slow)
+
+GEMMA = "gemma3-270m"
+
+
+@pytest.fixture(scope="module")
+def gemma_dense():
+    from scap_ov.export import dense_ir
+
+    return dense_ir(GEMMA)
+
+
+@pytest.mark.slow
+def test_packaged_gemma_tokenizer_segments_words_and_starts_with_bos(gemma_dense):
+    from scap_ov.pipeline import load_tokenizer
+
+    tokenizer = load_tokenizer(gemma_dense)
+    ids = tokenizer("It was a truth universally acknowledged,\n\nthat")["input_ids"]
+    assert tokenizer.convert_ids_to_tokens(ids) == ["<bos>", "It", "\u2581was", "\u2581a", "\u2581truth",
+                                                   "\u2581universally", "\u2581acknowledged", ",", "\n\n", "that"]
+
+
+@pytest.mark.slow
+def test_real_gemma_dense_perplexity_matches_torch_and_scap_30_stays_close(gemma_dense, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from scap_ov import assets
+    from scap_ov.dataset import load_texts, token_windows
+    from scap_ov.pipeline import evaluate_folder, load_tokenizer
+
+    dense = evaluate_folder(gemma_dense, windows=3, seq_len=256, cloze=0, progress=False)
+    assert 15 < dense.perplexity < 100  # a 270M model on Austen prose (thousands would mean a broken tokenizer)
+    windows = token_windows(load_tokenizer(gemma_dense), load_texts(None, (assets.PERPLEXITY_NOVEL,)), 256, 3,
+                            "evaluation")
+    model = AutoModelForCausalLM.from_pretrained(assets.resolve_model(GEMMA), dtype=torch.float32).eval()
+    with torch.no_grad():
+        nll = sum(model(ids, labels=ids).loss.item() for ids in torch.from_numpy(windows)[:, None])
+    assert abs(dense.perplexity / float(np.exp(nll / len(windows))) - 1) < 0.005
+
+    out = tmp_path / "scap30"
+    export_scap(out, GEMMA, CalibrationConfig(targets=parse_targets(0.3), samples=4, refine_passes=1))
+    scap = evaluate_folder(out, windows=3, seq_len=256, cloze=0, progress=False)
+    assert abs(scap.fc_weight_sparsity - 0.3) < 0.05
+    assert set(scap.type_sparsity) == set(FC_PATHS) and len(scap.layer_sparsity) == 7 * 18
+    assert dense.perplexity < scap.perplexity < 1.3 * dense.perplexity
