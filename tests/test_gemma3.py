@@ -125,6 +125,43 @@ def test_cats_thresholds_the_gelu_gate(tiny_gemma, tmp_path):
     assert np.isfinite(cats).all() and np.abs(dense - cats).max() > 1e-3
 
 
+def test_chunked_gguf_is_joined_once_into_the_cache(tmp_path, monkeypatch):
+    import importlib.machinery
+    import sys
+    import types
+
+    from scap_ov.assets import ChunkedPackagedModel
+    from scap_ov.errors import ScapError
+
+    monkeypatch.setenv("SCAP_OV_CACHE", str(tmp_path / "cache"))
+    missing = ChunkedPackagedModel("nope", "nope-gguf", "scap_ov_test_no_such_package", "nope.gguf")
+    with pytest.raises(ScapError, match="needs the PyPI package nope-gguf and its chunk packages"):
+        missing.gguf_path()
+
+    calls = []
+
+    def assemble(path, overwrite=False):  # as the real package: write the joined chunks to ``path``
+        calls.append(path)
+        if len(calls) > 1:
+            raise FileNotFoundError("Missing chunk files: part03")
+        path.write_bytes(b"GGUF" + b"\0" * 8)
+        return path
+
+    module = types.ModuleType("scap_ov_test_chunked")
+    module.assemble = assemble
+    module.__spec__ = importlib.machinery.ModuleSpec("scap_ov_test_chunked", None)  # found by find_spec
+    monkeypatch.setitem(sys.modules, "scap_ov_test_chunked", module)
+    packaged = ChunkedPackagedModel("fake", "fake-gguf", "scap_ov_test_chunked", "fake.gguf")
+    path = packaged.gguf_path()
+    assert path == tmp_path / "cache" / "gguf" / "fake.gguf" and path.read_bytes()[:4] == b"GGUF"
+    assert calls[0] != path and not calls[0].exists()  # joined under a temporary name, then renamed
+    assert packaged.gguf_path() == path and len(calls) == 1  # cached: not joined again
+    path.unlink()
+    with pytest.raises(ScapError, match="cannot assemble fake.gguf from fake-gguf's chunk packages: Missing chunk"):
+        packaged.gguf_path()
+    assert list(path.parent.iterdir()) == []  # no partial file left behind
+
+
 # ------------------------------------------------------------------------------- the real gemma3-270m (slow)
 
 GEMMA = "gemma3-270m"
