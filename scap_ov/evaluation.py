@@ -12,7 +12,7 @@ import openvino as ov
 import openvino.opset13 as ops
 from tqdm.auto import tqdm
 
-from scap_ov.dataset import model_inputs
+from scap_ov.dataset import model_inputs, start_tokens
 from scap_ov.errors import ScapError
 from scap_ov.layers import FC, find_fcs, module_name
 from scap_ov.transformations.portable import KEEP_SUFFIX
@@ -146,6 +146,7 @@ _WORD = re.compile(r"^(.*\S)\s+([A-Za-z]+)[.!?'\"_)]*$")
 def cloze_items(tokenizer, paragraphs: list[str], count: int, min_words: int = 20,
                 max_tokens: int = 192) -> list[tuple[list[int], list[int]]]:
     """(context tokens, last-word tokens) from paragraphs: predict a paragraph's final word."""
+    prefix = start_tokens(tokenizer)
     items = []
     for para in paragraphs:
         if len(para.split()) < min_words:
@@ -158,7 +159,7 @@ def cloze_items(tokenizer, paragraphs: list[str], count: int, min_words: int = 2
         ctx_full = tokenizer(m.group(1), add_special_tokens=False)["input_ids"]
         if full[: len(ctx_full)] != ctx_full:
             continue  # the word merged with the context's last token: not a clean split
-        items.append((context, full[len(ctx_full):]))
+        items.append((prefix + context, full[len(ctx_full):]))
         if len(items) >= count:
             break
     return items

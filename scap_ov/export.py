@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 from scap_ov import assets
@@ -29,13 +30,40 @@ def export_task(hf_folder: Path) -> str:
     return encoder.EXPORT_TASK if encoder.is_encoder(hf_folder) else "text-generation-with-past"
 
 
+# optimum-intel 2.2 refuses gemma3_text under transformers > 5.0, a cap its Gemma3 text config inherits from
+# Gemma v1's; the export itself is exact under the installed transformers (tests/test_gemma3.py compares the IR's
+# logits with torch's), so the cap is raised for the duration of an export.
+_EXPORT_CAPS = {"Gemma3TextOpenVINOConfig": "5.5.99"}
+
+
+@contextmanager
+def raised_export_caps():
+    """optimum-intel export configs in ``_EXPORT_CAPS`` accept the installed transformers while inside."""
+    from optimum.exporters.openvino import model_configs
+
+    saved = {}
+    for name, cap in _EXPORT_CAPS.items():
+        cls = getattr(model_configs, name, None)
+        if cls is not None:
+            saved[cls] = cls.__dict__.get("MAX_TRANSFORMERS_VERSION")
+            cls.MAX_TRANSFORMERS_VERSION = cap
+    try:
+        yield
+    finally:
+        for cls, value in saved.items():
+            if value is None:
+                del cls.MAX_TRANSFORMERS_VERSION
+            else:
+                cls.MAX_TRANSFORMERS_VERSION = value
+
+
 def export_dense(hf_folder: Path, out: Path) -> Path:
     """optimum-intel export of a transformers folder to an f32 IR with tokenizers: a stateful decoder, or an
     encoder's feature extractor (last_hidden_state)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from optimum.exporters.openvino import main_export
 
-    with atomic_output_dir(out, overwrite=True) as tmp:
+    with atomic_output_dir(out, overwrite=True) as tmp, raised_export_caps():
         try:
             main_export(str(hf_folder), output=tmp, task=export_task(hf_folder), convert_tokenizer=True)
         except Exception as exc:  # the exporter raises many types; report one line

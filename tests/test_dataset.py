@@ -52,3 +52,17 @@ def test_model_inputs_start_a_fresh_sequence():
     assert inputs["input_ids"].shape == (1, 5)
     assert inputs["position_ids"].tolist() == [[0, 1, 2, 3, 4]]
     assert inputs["attention_mask"].sum() == 5 and inputs["beam_idx"].tolist() == [0]
+
+
+class BosWordTokenizer(WordTokenizer):
+    """Like Gemma's tokenizer: <bos> (id 99) before any text when special tokens are on."""
+
+    def __call__(self, text, add_special_tokens=False):
+        ids = super().__call__(text)["input_ids"]
+        return {"input_ids": ([99] if add_special_tokens else []) + ids}
+
+
+def test_windows_start_with_the_tokenizers_start_tokens():
+    windows = token_windows(BosWordTokenizer(), ["a bb ccc dddd " * 10], 8, 3, "calibration")
+    assert windows.shape == (3, 8) and windows[:, 0].tolist() == [99, 99, 99]
+    assert windows[:, 1:].ravel().tolist() == ([1, 2, 3, 4] * 6)[:21]  # text continues across windows
