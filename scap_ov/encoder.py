@@ -52,11 +52,12 @@ def is_encoder(folder: Path) -> bool:
     return model_type(folder) in ENCODER_MODEL_TYPES
 
 
-def check_method(method: str) -> None:
-    """Calibration methods that apply to an encoder (greedy measures next-token KL, which it has none of)."""
+def check_method(method: str, kind: str = "encoder") -> None:
+    """Calibration methods that apply to an encoder or a vision model (greedy measures next-token KL, which
+    neither has)."""
     if method == "greedy":
-        raise ScapError("--method greedy allocates by the KL of next-token predictions, which an encoder does not "
-                        "make; use --method scap or teal for encoder models")
+        raise ScapError(f"--method greedy allocates by the KL of next-token predictions, which a {kind} model does "
+                        f"not make; use --method scap or teal for {kind} models")
 
 
 # ------------------------------------------------------------------------------------------------ text
