@@ -40,12 +40,16 @@ _SENTENCE_END = re.compile(r"[.!?][\"')_]*\s+(?=[\"'(_]*[A-Z])")
 _TITLE = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|Col|Capt|Esq|Rev|Sir)\.$")
 
 
-def model_type(folder: Path) -> str | None:
-    """``model_type`` from a folder's config.json, or None without one."""
+def config_value(folder: Path, key: str):
+    """``key`` of a folder's config.json, or None without one."""
     try:
-        return json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+        return json.loads((Path(folder) / "config.json").read_text()).get(key)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def model_type(folder: Path) -> str | None:
+    return config_value(folder, "model_type")
 
 
 def is_encoder(folder: Path) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from scap_ov.encoder import model_type, spread, strip_pruning
+from scap_ov.encoder import config_value, model_type, spread, strip_pruning
 from scap_ov.errors import ScapError
 from scap_ov.evaluation import Evaluator, weight_byte_sparsity
 
@@ -32,10 +32,7 @@ def is_vision(folder: Path) -> bool:
 
 def export_task(folder: Path) -> str:
     """optimum-intel task: image classification for a ...ForImageClassification checkpoint, else features."""
-    try:
-        architectures = json.loads((Path(folder) / "config.json").read_text()).get("architectures") or []
-    except (OSError, ValueError, AttributeError):
-        architectures = []
+    architectures = config_value(folder, "architectures") or []
     return "image-classification" if any(a.endswith("ForImageClassification") for a in architectures) \
         else "feature-extraction"
 
@@ -62,7 +59,8 @@ def image_processor(folder: Path):
     try:
         name = json.loads((Path(folder) / "preprocessor_config.json").read_text())["image_processor_type"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ScapError(f"{folder} has no readable preprocessor_config.json naming its image processor ({exc})") from None
+        raise ScapError(f"{folder} has no readable preprocessor_config.json naming its image processor "
+                        f"({exc})") from None
     base = name.removesuffix("Fast").removesuffix("Pil")
     cls = getattr(transformers, base + "Pil", None) or getattr(transformers, base, None)
     if cls is None:
@@ -153,6 +151,7 @@ def evaluate_vision_folder(folder: Path, images: str | Path | None, count: int =
 
     folder = Path(folder)
     if images is None:
-        raise ScapError(f"{folder} holds a vision model: pass held-out images with --images DIR (a folder not used for calibration)")
+        raise ScapError(f"{folder} holds a vision model: pass held-out images with --images DIR (a folder not used "
+                        "for calibration)")
     samples = pixel_samples(folder, spread(image_files(images), count))
     return evaluate_model(ov.Core().read_model(model_ir(folder)), samples)

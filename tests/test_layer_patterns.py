@@ -75,7 +75,8 @@ def test_layers_file_exports_the_same_model_and_layers_override_it(unknown_folde
     spec.write_text(json.dumps(patterns) if suffix == ".json" else yaml.safe_dump(patterns))
     assert load_layer_patterns(spec) == patterns
     out = tmp_path / "out"
-    assert main(export_args(unknown_folder, out, "--layers-file", str(spec), "--layers", "down=" + PATTERNS["down"])) == 0
+    override = ["--layers", "down=" + PATTERNS["down"]]
+    assert main(export_args(unknown_folder, out, "--layers-file", str(spec), *override)) == 0
     assert {fc.name: fc.layer_type for fc in Artifact.load(out / ARTIFACT_NAME).fcs} == expected_fcs()
 
 
