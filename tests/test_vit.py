@@ -193,3 +193,26 @@ def test_cli_eval_of_a_vit_needs_images(root, tiny_ir, capsys):
     assert "holds a vision model: pass held-out images with --images DIR" in capsys.readouterr().err
     assert main(["eval", str(tiny_ir), "--images", str(root / "held_out"), "--cloze", "3"]) == 2
     assert "--cloze do not apply" in capsys.readouterr().err
+
+
+def test_deit_feature_extractor_end_to_end(root, tmp_path):
+    """A DeiTModel (no head) exports for feature extraction: its FCs are the ViT family's, calibration and the
+    comparison with dense run on last_hidden_state (mean-pooled over patches; no top-1 without logits)."""
+    import torch
+    from transformers import DeiTConfig, DeiTImageProcessor, DeiTModel
+
+    config = DeiTConfig(image_size=IMAGE, patch_size=PATCH, hidden_size=32, num_hidden_layers=LAYERS,
+                        num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(1)
+    DeiTModel(config, add_pooling_layer=False).eval().save_pretrained(tmp_path / "hf")
+    DeiTImageProcessor(size={"height": IMAGE, "width": IMAGE},
+                       crop_size={"height": IMAGE, "width": IMAGE}).save_pretrained(tmp_path / "hf")
+    ir = export_dense(tmp_path / "hf", tmp_path / "ir")
+    model = ov.Core().read_model(ir / IR_XML)
+    assert "last_hidden_state" in model.outputs[0].get_names()
+    assert {fc.name: fc.layer_type for fc in find_fcs(model)} == expected_fcs("encoder")
+    out = tmp_path / "out"
+    export_scap(out, str(ir), CalibrationConfig(targets=parse_targets(0.5)), calibration_data=str(root / "calibration"))
+    quality = evaluate_model(ov.Core().read_model(out / PORTABLE_XML), pixel_samples(ir, image_files(root / "held_out")))
+    assert quality.output == "last_hidden_state" and quality.top1_agreement is None
+    assert abs(quality.fc_weight_sparsity - 0.5) < 0.05 and quality.cosine_mean < 0.99999
