@@ -95,8 +95,9 @@ def raised_export_caps():
 
 
 def export_dense(hf_folder: Path, out: Path) -> Path:
-    """optimum-intel export of a transformers folder to an f32 IR with tokenizers: a stateful decoder, or an
-    encoder's feature extractor (last_hidden_state)."""
+    """optimum-intel export of a transformers folder to an f32 IR with tokenizers: a stateful decoder, an
+    encoder's feature extractor (last_hidden_state) or a vision model (see export_task); model types optimum
+    cannot export are converted from torch (TORCH_CONVERTED_TYPES)."""
     from scap_ov.encoder import model_type
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -67,7 +67,8 @@ def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: Calibra
     output = Path(output)
     check_output_dir(output, overwrite)  # fail before any long work
     fixed = Artifact.load(artifact) if artifact else None
-    images = calibration_data is not None and Path(calibration_data).is_dir()  # known to be vision after export
+    # A folder is images, for a vision model; whether the model is one is known once it is exported (below).
+    images = calibration_data is not None and Path(calibration_data).is_dir()
     texts = None if fixed or windows is not None or images else calibration_texts(calibration_data)
     if weight_format and not is_ir_folder(Path(model)):  # check the group size before the optimum export
         weight_format = weight_format.check_channels(config_fc_channels(assets.resolve_model(model)))
