@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "inputs sparse) meeting the --sparsity budget (default scap)")
     ex.add_argument("--calibration-data", default=None,
                     help="a .txt file, a .json list of strings, or a Hugging Face dataset name (online only); "
-                         "default: three packaged Austen novels")
+                         "default: three packaged Austen novels. Vision models (ViT, DeiT): a folder of images")
     ex.add_argument("--samples", type=int, default=64,
                     help="calibration windows; for an encoder, paragraphs (default 64)")
     ex.add_argument("--seq-len", type=int, default=256,
@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--artifact", type=Path, default=None,
                     help="skip calibration: transform from this calibration artifact JSON")
     ex.add_argument("--layers", type=_layer_pattern, action="append", default=[], metavar="TYPE=REGEX",
-                    help="explicit FC layer patterns (module-name regex with one group for the block index)")
+                    help="explicit FC layer patterns (module-name regex with one group for the block index); "
+                         "for model families whose FC names scap-ov does not know")
+    ex.add_argument("--layers-file", type=Path, default=None, metavar="FILE",
+                    help="explicit FC layer patterns from a JSON or YAML mapping of TYPE to REGEX (--layers "
+                         "entries override it)")
     ex.add_argument("--weight-format", choices=WEIGHT_FORMATS, default=None,
                     help="compress the weights first (NNCF), so thresholds are calibrated on the deployed model; "
                          "default: keep the model's weights (fp32, or as stored in an already-compressed IR)")
@@ -87,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cloze", type=int, default=None, help="language models: cloze items (default 200, 0 to skip)")
     ev.add_argument("--sentences", type=int, default=None,
                     help="encoders: held-out sentences embedded and compared with the dense model (default 512)")
+    ev.add_argument("--images", type=Path, default=None,
+                    help="vision models: a folder of held-out images (required for them; up to 64 are used)")
     ev.add_argument("--plot", type=Path, default=None,
                     help="write a PNG of realised sparsity, tau and mode per layer (a SCAP folder's artifact)")
 
@@ -116,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _export(args) -> int:
     from scap_ov.compression import WeightFormat
     from scap_ov.config import CalibrationConfig, parse_targets
+    from scap_ov.layers import check_layer_patterns, load_layer_patterns
     from scap_ov.pipeline import export_scap
 
     config = CalibrationConfig(targets=parse_targets(args.sparsity, dict(args.target)), mode=args.mode,
@@ -126,9 +133,10 @@ def _export(args) -> int:
         weight_format = WeightFormat(args.weight_format, args.group_size, args.sym).validate()
     elif args.group_size is not None or args.sym:
         raise ScapError("--group-size and --sym need --weight-format int8 or int4")
+    layers = {**(load_layer_patterns(args.layers_file) if args.layers_file else {}), **dict(args.layers)}
     started = time.time()
     result = export_scap(args.output, args.model, config, args.calibration_data, args.artifact,
-                         args.overwrite, dict(args.layers) or None, weight_format)
+                         args.overwrite, check_layer_patterns(layers) or None, weight_format)
     fcs = result.artifact.fcs
     by_type = {}
     for fc in fcs:
@@ -188,10 +196,34 @@ def _plot(args, artifact, layer_sparsity: dict[str, float]) -> None:
         print(f"per-layer plot: {args.plot}")
 
 
+def _eval_vision(args) -> int:
+    from scap_ov.vision import evaluate_vision_folder
+
+    given = [f"--{n.replace('_', '-')}" for n in ("windows", "seq_len", "cloze", "sentences", "text")
+             if getattr(args, n) is not None]
+    if given:
+        raise ScapError(f"{', '.join(given)} do not apply to {args.folder}, a vision model evaluated on --images")
+    artifact = _plot_artifact(args)
+    result = evaluate_vision_folder(args.folder, args.images)
+    _write_json(args.json, result.to_dict())
+    _plot(args, artifact, result.layer_sparsity)
+    top1 = "" if result.top1_agreement is None else f"top-1 agreement {result.top1_agreement:.3f}, "
+    types = ", ".join(f"{t} {s:.3f}" for t, s in result.type_sparsity.items())
+    print(f"{result.output} vs dense on {result.images} held-out images: {top1}cosine mean {result.cosine_mean:.4f} "
+          f"(min {result.cosine_min:.4f})")
+    print(f"FC-weight-byte sparsity {result.fc_weight_sparsity:.3f} ({types})")
+    return 0
+
+
 def _eval(args) -> int:
     from scap_ov.encoder import is_encoder
     from scap_ov.pipeline import evaluate_folder
+    from scap_ov.vision import is_vision
 
+    if is_vision(args.folder):
+        return _eval_vision(args)
+    if args.images is not None:
+        raise ScapError(f"--images applies to vision models; {args.folder} holds no ViT or DeiT")
     if is_encoder(args.folder):
         return _eval_encoder(args)
     if args.sentences is not None:

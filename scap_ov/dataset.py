@@ -16,6 +16,9 @@ def load_texts(source: str | None, default_novels: tuple[str, ...]) -> list[str]
     if source is None:
         return [assets.novel_text(*default_novels)]
     path = Path(source)
+    if path.is_dir():
+        raise ScapError(f"{source} is a folder: text is a .txt file, a .json list of strings or a dataset name "
+                        "(a folder of images calibrates a vision model)")
     if path.is_file():
         if path.suffix == ".json":
             try:
@@ -82,19 +85,29 @@ def token_windows(tokenizer, texts: list[str], seq_len: int, count: int | None, 
     return np.concatenate([np.tile(np.asarray(prefix, dtype=np.int64), (n, 1)), text_ids], axis=1)
 
 
-def model_inputs(window: np.ndarray, input_names=None) -> dict[str, np.ndarray]:
-    """Inputs of an optimum-intel IR for one window (a fresh sequence): a stateful decoder's, or an encoder's
-    (input_ids, attention_mask, token_type_ids); only those in ``input_names`` when given (the model's inputs)."""
-    ids = np.asarray(window, dtype=np.int64).reshape(1, -1)
-    inputs = {
-        "input_ids": ids,
-        "attention_mask": np.ones_like(ids),
-        "position_ids": np.arange(ids.shape[1], dtype=np.int64).reshape(1, -1),
-        "beam_idx": np.zeros(1, dtype=np.int32),
-        "token_type_ids": np.zeros_like(ids),  # BERT-style encoders: one segment
-    }
+def model_inputs(sample, input_names=None) -> dict[str, np.ndarray]:
+    """Inputs of an optimum-intel IR for one sample: token ids of one window (a fresh sequence) become a stateful
+    decoder's or an encoder's inputs (input_ids, attention_mask, token_type_ids); a mapping of input name ->
+    array (a vision model's pixel_values) is passed as it is. Only those in ``input_names`` when given (the
+    model's inputs)."""
+    if isinstance(sample, dict):
+        inputs = dict(sample)
+    else:
+        ids = np.asarray(sample, dtype=np.int64).reshape(1, -1)
+        inputs = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "position_ids": np.arange(ids.shape[1], dtype=np.int64).reshape(1, -1),
+            "beam_idx": np.zeros(1, dtype=np.int32),
+            "token_type_ids": np.zeros_like(ids),  # BERT-style encoders: one segment
+        }
     return inputs if input_names is None else {k: v for k, v in inputs.items() if k in input_names}
 
 
-def calibration_dataset(windows: np.ndarray, input_names: set[str]) -> nncf.Dataset:
+def sample_tokens(sample) -> int:
+    """Tokens in a sample of token ids; 0 for a mapping of named inputs (an image)."""
+    return 0 if isinstance(sample, dict) else len(sample)
+
+
+def calibration_dataset(windows: np.ndarray | list, input_names: set[str]) -> nncf.Dataset:
     return nncf.Dataset(list(windows), lambda w: model_inputs(w, input_names))

@@ -40,23 +40,28 @@ _SENTENCE_END = re.compile(r"[.!?][\"')_]*\s+(?=[\"'(_]*[A-Z])")
 _TITLE = re.compile(r"\b(?:Mr|Mrs|Ms|Dr|St|Col|Capt|Esq|Rev|Sir)\.$")
 
 
-def model_type(folder: Path) -> str | None:
-    """``model_type`` from a folder's config.json, or None without one."""
+def config_value(folder: Path, key: str):
+    """``key`` of a folder's config.json, or None without one."""
     try:
-        return json.loads((Path(folder) / "config.json").read_text()).get("model_type")
+        return json.loads((Path(folder) / "config.json").read_text()).get(key)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def model_type(folder: Path) -> str | None:
+    return config_value(folder, "model_type")
 
 
 def is_encoder(folder: Path) -> bool:
     return model_type(folder) in ENCODER_MODEL_TYPES
 
 
-def check_method(method: str) -> None:
-    """Calibration methods that apply to an encoder (greedy measures next-token KL, which it has none of)."""
+def check_method(method: str, kind: str = "encoder") -> None:
+    """Calibration methods that apply to an encoder or a vision model (greedy measures next-token KL, which
+    neither has)."""
     if method == "greedy":
-        raise ScapError("--method greedy allocates by the KL of next-token predictions, which an encoder does not "
-                        "make; use --method scap or teal for encoder models")
+        raise ScapError(f"--method greedy allocates by the KL of next-token predictions, which a {kind} model does "
+                        f"not make; use --method scap or teal for {kind} models")
 
 
 # ------------------------------------------------------------------------------------------------ text

@@ -4,12 +4,15 @@ An FC is a MatMul whose second input is a weight (constant or NNCF decompression
 ``scap_ov.transformations.weights``) and whose friendly name matches a layer pattern. Layer types follow
 the decoder block: q, k, v (one shared input), o, gate, up (one shared input), down. Other families map their
 FCs onto these types (BERT: query/key/value -> q/k/v, attention.output.dense -> o, intermediate.dense -> up,
-output.dense -> down; its MLP has no gate); without explicit patterns the first family that matches is used.
+output.dense -> down; its MLP has no gate). Without explicit patterns the family that names the most FCs is used
+(ViT shares BERT's o/up/down names, so "any match" would take BERT's half of a ViT).
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import openvino as ov
 
@@ -42,8 +45,24 @@ BERT_LAYER_PATTERNS: dict[str, str] = {
     "up": r"encoder\.layer\.(\d+)\.intermediate\.dense$",
     "down": r"encoder\.layer\.(\d+)\.output\.dense$",
 }
-# Tried in order when no patterns are given: the first family with any match names the model's FCs.
-FAMILY_LAYER_PATTERNS: dict[str, dict[str, str]] = {"decoder": DEFAULT_LAYER_PATTERNS, "bert": BERT_LAYER_PATTERNS}
+# ViT and DeiT blocks are BERT's with the self-attention module named "attention.attention"; the patch embedding
+# is a Convolution and the classifier head (and a pooler) is outside encoder.layer.N, so neither matches.
+VIT_LAYER_PATTERNS: dict[str, str] = {
+    **BERT_LAYER_PATTERNS,
+    "q": r"encoder\.layer\.(\d+)\.attention\.attention\.query$",
+    "k": r"encoder\.layer\.(\d+)\.attention\.attention\.key$",
+    "v": r"encoder\.layer\.(\d+)\.attention\.attention\.value$",
+}
+# Mamba mixers (backbone.layers.N.mixer): in_proj reads the normed residual stream as an MLP's up does, out_proj
+# reads the gated, normed SSM output and writes back to the stream as down does. The SSM's own small projections
+# (Mamba1's x_proj, dt_proj) are not matched.
+MAMBA_LAYER_PATTERNS: dict[str, str] = {
+    "up": r"layers\.(\d+)\.mixer\.in_proj$",
+    "down": r"layers\.(\d+)\.mixer\.out_proj$",
+}
+# Without explicit patterns, the family matching the most FCs names the model's FCs (ties: the first listed).
+FAMILY_LAYER_PATTERNS: dict[str, dict[str, str]] = {"decoder": DEFAULT_LAYER_PATTERNS, "bert": BERT_LAYER_PATTERNS,
+                                                    "vit": VIT_LAYER_PATTERNS, "mamba": MAMBA_LAYER_PATTERNS}
 
 _MODULE_NAME = re.compile(r"^(?:__module\.)?(?P<module>[^/]+)/")
 
@@ -71,15 +90,46 @@ def module_name(node_name: str) -> str:
 
 def find_fcs(model: ov.Model, patterns: dict[str, str] | None = None) -> list[FC]:
     """The model's FC layers matching ``patterns`` (layer type -> module-name regex), in graph order; without
-    ``patterns``, those of the first family in FAMILY_LAYER_PATTERNS that matches any."""
+    ``patterns``, those of the family in FAMILY_LAYER_PATTERNS that matches the most."""
     weighted = weighted_matmuls(model)
     if patterns:
-        return _match_fcs(weighted, patterns)
-    for family in FAMILY_LAYER_PATTERNS.values():
-        fcs = _match_fcs(weighted, family)
-        if fcs:
-            return fcs
-    return []
+        return _match_fcs(weighted, check_layer_patterns(patterns))
+    return max((_match_fcs(weighted, family) for family in FAMILY_LAYER_PATTERNS.values()), key=len)
+
+
+def check_layer_patterns(patterns: dict[str, str]) -> dict[str, str]:
+    """``patterns`` (layer type -> module-name regex), or a ScapError naming an unknown type or a bad regex."""
+    for layer_type, regex in patterns.items():
+        if layer_type not in LAYER_TYPES:
+            raise ScapError(f"unknown layer type {layer_type!r} in the layer patterns; types: {', '.join(LAYER_TYPES)}")
+        if not isinstance(regex, str):
+            raise ScapError(f"the layer pattern of {layer_type} must be a regex string, got {regex!r}")
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise ScapError(f"the layer pattern of {layer_type} ({regex!r}) is not a valid regex: {exc}") from None
+    return patterns
+
+
+def load_layer_patterns(path: Path) -> dict[str, str]:
+    """Layer patterns from a JSON or YAML file holding one mapping of layer type -> module-name regex."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScapError(f"layer pattern file {path} does not exist")
+    is_yaml = path.suffix in (".yaml", ".yml")
+    if is_yaml:
+        try:
+            import yaml  # PyYAML, installed with transformers
+        except ImportError:
+            raise ScapError(f"reading {path} needs PyYAML (`pip install pyyaml`), or write it as JSON") from None
+    try:
+        data = yaml.safe_load(path.read_text()) if is_yaml else json.loads(path.read_text())
+    except Exception as exc:  # noqa: BLE001 - JSON and YAML raise different types; report one line
+        raise ScapError(f"{path} is not valid {'YAML' if is_yaml else 'JSON'}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not data:
+        raise ScapError(f"{path} must hold one mapping of layer type to module-name regex, e.g. "
+                        '{"up": "layers\\.(\\d+)\\.mlp\\.fc1$"}')
+    return check_layer_patterns({str(k): v for k, v in data.items()})
 
 
 def _match_fcs(weighted: list[tuple[ov.Node, WeightChain]], patterns: dict[str, str]) -> list[FC]:
@@ -115,7 +165,8 @@ def require_fcs(model: ov.Model, patterns: dict[str, str] | None = None) -> list
         shown = ", ".join(weighted[:8]) + (" ..." if len(weighted) > 8 else "")
         which = "the layer patterns" if patterns else f"the known layer patterns ({', '.join(FAMILY_LAYER_PATTERNS)})"
         raise ScapError(f"no FC layer matches {which}; weighted MatMuls found: {shown or 'none'}. "
-                        "Pass layer patterns explicitly (--layers TYPE=REGEX)")
+                        "Pass layer patterns explicitly (--layers TYPE=REGEX, or --layers-file with a JSON/YAML "
+                        f"mapping of type to regex; types: {', '.join(LAYER_TYPES)})")
     return fcs
 
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import openvino as ov
 
-from scap_ov import assets, encoder
+from scap_ov import assets, encoder, vision
 from scap_ov.artifact import ARTIFACT_NAME, Artifact
 from scap_ov.calibration import calibrate
 from scap_ov.compression import WeightFormat, config_fc_channels
 from scap_ov.config import CalibrationConfig
-from scap_ov.dataset import load_texts, token_windows
+from scap_ov.dataset import load_texts, sample_tokens, token_windows
 from scap_ov.errors import ScapError
 from scap_ov.export import IR_XML, copy_side_files, dense_ir, is_ir_folder
 from scap_ov.fsutil import atomic_output_dir, check_output_dir
@@ -58,32 +58,40 @@ def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: Calibra
                 weight_format: WeightFormat | None = None,
                 windows: np.ndarray | list[np.ndarray] | None = None) -> ExportResult:
     """Export ``model`` with SCAP; ``weight_format`` compresses its weights first (None keeps them as stored,
-    which is how an already-compressed IR folder is exported). ``windows`` (int64 [N, T] token ids, or for an
-    encoder a list of 1-D token sequences) replaces the calibration text for callers that tokenize themselves."""
+    which is how an already-compressed IR folder is exported). ``windows`` (int64 [N, T] token ids, for an
+    encoder a list of 1-D token sequences, for a vision model a list of {"pixel_values": array}) replaces the
+    calibration data for callers that prepare samples themselves. A vision model's ``calibration_data`` is a
+    folder of images."""
     config = (config or CalibrationConfig()).validate()
     weight_format = weight_format.validate() if weight_format else None
     output = Path(output)
     check_output_dir(output, overwrite)  # fail before any long work
     fixed = Artifact.load(artifact) if artifact else None
-    texts = None if fixed or windows is not None else calibration_texts(calibration_data)
+    # A folder is images, for a vision model; whether the model is one is known once it is exported (below).
+    images = calibration_data is not None and Path(calibration_data).is_dir()
+    texts = None if fixed or windows is not None or images else calibration_texts(calibration_data)
     if weight_format and not is_ir_folder(Path(model)):  # check the group size before the optimum export
         weight_format = weight_format.check_channels(config_fc_channels(assets.resolve_model(model)))
     ir_folder = dense_ir(model)
-    is_encoder = encoder.is_encoder(ir_folder)
-    if is_encoder:
-        encoder.check_method(config.method)
-    if texts is not None and is_encoder:  # one paragraph per sample, up to seq_len tokens
-        windows = encoder.calibration_samples(load_tokenizer(ir_folder), texts, config.samples, config.seq_len)
-    elif texts is not None:
-        windows = token_windows(load_tokenizer(ir_folder), texts, config.seq_len, config.samples, "calibration")
+    is_encoder, is_vision = encoder.is_encoder(ir_folder), vision.is_vision(ir_folder)
+    if is_encoder or is_vision:
+        encoder.check_method(config.method, "vision" if is_vision else "encoder")
+    if fixed is None and windows is None and is_vision:  # images, as the model's image processor prepares them
+        texts, windows = None, vision.calibration_samples(calibration_data, ir_folder, config.samples)
+    elif fixed is None and windows is None:
+        texts = calibration_texts(calibration_data) if texts is None else texts  # an image folder fails here
+        if is_encoder:  # one paragraph per sample, up to seq_len tokens
+            windows = encoder.calibration_samples(load_tokenizer(ir_folder), texts, config.samples, config.seq_len)
+        else:
+            windows = token_windows(load_tokenizer(ir_folder), texts, config.seq_len, config.samples, "calibration")
 
     ov_model = ov.Core().read_model(ir_folder / IR_XML)
     ov_model, stored = compress_weights(ov_model, weight_format)
     if fixed is None:
         log.info("calibrating on %d samples, %d tokens (%d refinement passes), %s weights", len(windows),
-                 sum(len(w) for w in windows), config.refine_passes, stored)
+                 sum(sample_tokens(w) for w in windows), config.refine_passes, stored)
         fixed = calibrate(ov_model, windows, config, layer_patterns, model_id=str(model),
-                          data_id=calibration_data or ("token windows" if texts is None else
+                          data_id=calibration_data or ("given samples" if texts is None else
                                                        "austen:" + "+".join(assets.CALIBRATION_NOVELS)))
         fixed.calibration["weight_format"] = stored
     elif fixed.calibration.get("weight_format", stored) != stored:

@@ -20,7 +20,7 @@ from scap_ov.artifact import Artifact, FCThreshold, json_value
 from scap_ov.calibration import statistics
 from scap_ov.calibration.allocation import greedy_targets
 from scap_ov.config import CalibrationConfig
-from scap_ov.dataset import calibration_dataset
+from scap_ov.dataset import calibration_dataset, sample_tokens
 from scap_ov.errors import ScapError
 from scap_ov.layers import FC, gated_input, require_fcs
 from scap_ov.transformations.portable import CATS_METHOD, CENTERED_SUFFIX, apply_portable
@@ -147,11 +147,12 @@ def cats_targets(fcs: list[FC], budget: float) -> dict[str, float]:
     return {fc.name: level for fc in downs}
 
 
-def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray], config: CalibrationConfig,
+def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray] | list[dict], config: CalibrationConfig,
               layer_patterns: dict[str, str] | None = None, model_id: str = "",
               data_id: str = "") -> Artifact:
     """Calibrate every FC of ``model`` (not modified) on token ``windows`` [N, L] (or a list of N 1-D token
-    sequences of any lengths, run one at a time); return the artifact.
+    sequences of any lengths, or of N mappings of input name -> array such as images, run one at a time);
+    return the artifact.
 
     Pass 1 observes the dense model. Pruning earlier layers shifts the inputs of later ones (thresholds
     from the dense model overshoot their target), so each refinement pass re-observes every FC input in
@@ -161,7 +162,8 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray], config: C
     fcs = require_fcs(model, layer_patterns)
     input_names = {name for port in model.inputs for name in port.get_names()}
     dataset = calibration_dataset(windows, input_names)
-    lengths = [len(w) for w in windows]  # [N, L] windows, or N ragged sequences (encoder sentences)
+    # [N, L] windows, N ragged sequences (encoder sentences), or N mappings of named inputs (images: no tokens)
+    lengths = [sample_tokens(w) for w in windows]
     info = {"data": data_id, "samples": int(len(windows)), "seq_len": int(max(lengths)),
             "tokens": int(sum(lengths)), "method": config.method, "mode": config.mode, "score": config.score,
             "targets": config.targets, "refine_passes": config.refine_passes}
