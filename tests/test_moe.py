@@ -1,0 +1,186 @@
+"""Mixture of experts (Mixtral): a tiny random MoE with top-2 of 4 experts exported through the whole pipeline (every
+expert's FCs found by name, the router left dense, sparsity 0 equals dense, thresholds from the tokens routed to
+each expert, fused equals portable); the real packaged smollm2-moe (SmolLM2 upcycled, all experts active) is slow."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import openvino as ov
+import pytest
+
+from conftest import F32
+from scap_ov.artifact import ARTIFACT_NAME, Artifact
+from scap_ov.config import CalibrationConfig, parse_targets
+from scap_ov.dataset import model_inputs
+from scap_ov.export import IR_XML, export_patches
+from scap_ov.layers import find_fcs, module_name, weighted_matmuls
+from scap_ov.pipeline import PORTABLE_XML, export_scap
+from test_real_model import _fc_outputs_and_logits
+
+BLOCKS, EXPERTS, TOP_K, VOCAB = 2, 4, 2, 256
+ATTENTION = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj", "o": "self_attn.o_proj"}
+EXPERT_FCS = {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}
+FCS_PER_BLOCK = len(ATTENTION) + EXPERTS * len(EXPERT_FCS)
+
+
+def _expected_fcs() -> dict[str, str]:
+    names = {}
+    for b in range(BLOCKS):
+        names.update({f"model.layers.{b}.{path}": t for t, path in ATTENTION.items()})
+        names.update({f"model.layers.{b}.mlp.experts.{e}.{path}": t
+                      for e in range(EXPERTS) for t, path in EXPERT_FCS.items()})
+    return names
+
+
+def _windows(count: int, length: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(3, VOCAB, size=(count, length), dtype=np.int64)
+
+
+def _logits(path, window) -> np.ndarray:
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(path), "CPU", F32)
+    request = compiled.create_infer_request()
+    request.infer(model_inputs(window, {name for port in compiled.inputs for name in port.names}))
+    return request.get_tensor("logits").data.copy()
+
+
+@pytest.fixture(scope="module")
+def tiny_moe(tmp_path_factory):
+    """(dense IR folder, torch model) of a 2-block random Mixtral, 4 experts, top-2 routing."""
+    import torch
+    from optimum.exporters.openvino import export_from_model
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    out = tmp_path_factory.mktemp("moe") / "dense"
+    config = MixtralConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=48, num_hidden_layers=BLOCKS,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=EXPERTS,
+                           num_experts_per_tok=TOP_K, max_position_embeddings=128, pad_token_id=0, bos_token_id=1,
+                           eos_token_id=2)
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(config).eval()
+    with torch.no_grad():  # random init: norms at exactly 1 and small weights give near-uniform routing; spread them
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.normal_(1.0, 0.3)
+            elif name.endswith("mlp.gate.weight"):
+                param.normal_(0.0, 0.5)
+    with warnings.catch_warnings(), export_patches():
+        warnings.simplefilter("ignore")
+        export_from_model(model, str(out), task="text-generation-with-past")
+    window = _windows(1, 24, seed=4)[0]  # the IR routes as torch does: top-2 of 4, renormalised weights
+    with torch.no_grad():
+        expected = model(torch.from_numpy(window)[None]).logits[0].numpy()
+    assert np.abs(_logits(out / IR_XML, window) - expected).max() <= 1e-4
+    return out, model
+
+
+def test_every_expert_fc_is_found_by_name_and_the_router_stays_dense(tiny_moe):
+    folder, _ = tiny_moe
+    model = ov.Core().read_model(folder / IR_XML)
+    fcs = find_fcs(model)
+    expected = _expected_fcs()
+    assert {fc.name: fc.layer_type for fc in fcs} == expected
+    assert {fc.name: fc.block for fc in fcs} == {name: int(name.split(".")[2]) for name in expected}
+    others = {module_name(n.get_friendly_name()) for n, _ in weighted_matmuls(model)} - set(expected)
+    assert others == {"lm_head"} | {f"model.layers.{b}.mlp.gate" for b in range(BLOCKS)}  # output head, routers
+    for fc in fcs:  # an expert's gate/up read only the tokens routed to it: a Gather of the block's hidden states
+        if ".experts." in fc.name and fc.layer_type != "down":
+            assert fc.activation.get_node().get_type_name() == "Gather", fc.name
+
+
+def test_sparsity_zero_reproduces_dense_logits(tiny_moe, tmp_path):
+    folder, _ = tiny_moe
+    out = tmp_path / "scap0"
+    export_scap(out, str(folder), CalibrationConfig(targets=parse_targets(0.0), samples=2, seq_len=32,
+                                                    refine_passes=0), windows=_windows(2, 32))
+    window = _windows(1, 24, seed=1)[0]
+    dense, portable = _logits(folder / IR_XML, window), _logits(out / PORTABLE_XML, window)
+    assert np.abs(dense).max() > 0.1  # real logits, not a degenerate model
+    assert np.abs(dense - portable).max() <= 1e-4
+
+
+def _routed_inputs(model, windows) -> dict[str, np.ndarray]:
+    """Per expert FC, its input rows on the tokens the torch router sends to that expert (gate/up: the block's
+    normalised hidden states; down: act(gate) * up of the expert)."""
+    import torch
+
+    seen = {}
+    hooks = [layer.mlp.gate.register_forward_hook(
+        lambda module, args, out, b=b: seen.setdefault(b, []).append((args[0].detach(), out[2])))
+        for b, layer in enumerate(model.model.layers)]
+    with torch.no_grad():
+        for window in windows:
+            model(torch.from_numpy(window)[None])
+    for hook in hooks:
+        hook.remove()
+    rows = {}
+    with torch.no_grad():
+        for b, calls in seen.items():
+            experts = model.model.layers[b].mlp.experts
+            x_all, index = torch.cat([x for x, _ in calls]), torch.cat([i for _, i in calls])
+            for e in range(EXPERTS):
+                x = x_all[(index == e).any(-1)]
+                gate, up = torch.nn.functional.linear(x, experts.gate_up_proj[e]).chunk(2, dim=-1)
+                prefix = f"model.layers.{b}.mlp.experts.{e}."
+                rows[prefix + "gate_proj"] = rows[prefix + "up_proj"] = x.numpy()
+                rows[prefix + "down_proj"] = (experts.act_fn(gate) * up).numpy()
+    return rows
+
+
+def test_each_expert_is_calibrated_on_its_routed_tokens(tiny_moe, tmp_path):
+    """Every expert FC has its own threshold, the target quantile of |x| over exactly the tokens routed to it."""
+    folder, model = tiny_moe
+    windows = _windows(4, 32)
+    result = export_scap(tmp_path / "scap", str(folder), CalibrationConfig(targets=parse_targets(0.5), samples=4,
+                                                                          seq_len=32, refine_passes=0),
+                         windows=windows)
+    entries = {fc.name: fc for fc in result.artifact.fcs}
+    assert set(entries) == set(_expected_fcs())
+    routed = _routed_inputs(model, windows)
+    for name, x in routed.items():
+        assert 0 < len(x) < windows.size, name  # top-2 of 4: every expert sees some tokens, none sees all
+        pruned = float(np.mean(np.abs(x) <= entries[name].tau))
+        assert abs(pruned - 0.5) < 0.02, (name, pruned)
+    taus = [entries[f"model.layers.0.mlp.experts.{e}.gate_proj"].tau for e in range(EXPERTS)]
+    assert len(set(taus)) == EXPERTS  # the same hidden states, routed differently: one threshold per expert
+
+    # Random routing leaves |x| of the routed tokens distributed much like all tokens', so count what the
+    # statistics saw: exactly the routed rows (optimum-intel's vectorised export would show every token to every
+    # expert, windows.size rows each).
+    from scap_ov.calibration import statistics
+    from scap_ov.dataset import calibration_dataset
+
+    dense = ov.Core().read_model(folder / IR_XML)
+    names = {n for port in dense.inputs for n in port.get_names()}
+    fcs = [fc for fc in find_fcs(dense) if ".experts." in fc.name]
+    seen = statistics.collect(dense, {fc.name: fc.node_name for fc in fcs}, calibration_dataset(windows, names),
+                              len(windows), reservoir_rows=0)
+    for fc in fcs:
+        assert seen[fc.name].histogram.total == routed[fc.name].size, fc.name
+    assert sum(len(routed[f"model.layers.0.mlp.experts.{e}.down_proj"]) for e in range(EXPERTS)) == TOP_K * windows.size
+
+
+@pytest.mark.parametrize("mode, score", [("zero", "magnitude"), ("kde", "magnitude")])
+def test_fused_ir_equals_portable_ir_per_fc(tiny_moe, tmp_path, mode, score):
+    import scap_ov
+    from scap_ov.transformations.fuse_cpu import apply_fusion, count_fused
+    from scap_ov.transformations.portable import apply_portable
+
+    folder, _ = tiny_moe
+    out = tmp_path / "scap"
+    result = export_scap(out, str(folder), CalibrationConfig(targets=parse_targets(0.5), mode=mode, score=score,
+                                                             samples=4, seq_len=32, refine_passes=0),
+                         windows=_windows(4, 32))
+    assert all(0.3 < fc.calibration_sparsity < 0.7 for fc in result.artifact.fcs)
+    core = scap_ov.register(ov.Core())
+    artifact = Artifact.load(out / ARTIFACT_NAME)
+    dense = core.read_model(folder / IR_XML)
+    window = _windows(1, 24, seed=2)[0]
+    portable_out, _ = _fc_outputs_and_logits(core, apply_portable(dense.clone(), artifact), window, BLOCKS)
+    fused = apply_fusion(apply_portable(dense.clone(), artifact), merge=False)
+    assert count_fused(fused) == FCS_PER_BLOCK * BLOCKS
+    fused_out, _ = _fc_outputs_and_logits(core, fused, window, BLOCKS)
+    assert sorted(fused_out) == sorted(portable_out) and len(fused_out) == FCS_PER_BLOCK * BLOCKS
+    for name, expected in portable_out.items():
+        assert np.abs(fused_out[name] - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max()), name
