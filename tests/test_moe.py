@@ -192,3 +192,44 @@ def test_fused_ir_equals_portable_ir_per_fc(tiny_moe, tmp_path, mode, score):
         if len(window) == 1:
             assert sum(out.size == 0 for out in portable_out.values()) == 3 * (EXPERTS - TOP_K) * BLOCKS
             assert np.abs(fused_logits - portable_logits).max() <= 1e-4
+
+
+# ------------------------------------------------------------------------------- the real smollm2-moe (slow)
+
+MOE, DENSE = "smollm2-moe", "smollm2-135m"
+
+
+@pytest.mark.slow
+def test_upcycled_smollm2_moe_computes_dense_smollm2():
+    """All 8 experts active with weight 1/8 each and down slices scaled by 8: the IR's logits are the dense
+    SmolLM2 IR's on real text (f32), and its FCs are the 4 attention FCs and 8 x 3 expert FCs of each block."""
+    import json
+
+    from scap_ov import assets
+    from scap_ov.dataset import load_texts, token_windows
+    from scap_ov.export import dense_ir
+    from scap_ov.pipeline import load_tokenizer
+
+    moe, dense = dense_ir(MOE), dense_ir(DENSE)
+    config = json.loads((assets.resolve_model(MOE) / "config.json").read_text())
+    assert config["model_type"] == "mixtral" and config["num_local_experts"] == config["num_experts_per_tok"] == 8
+    fcs = find_fcs(ov.Core().read_model(moe / IR_XML))
+    assert len(fcs) == 30 * (4 + 8 * 3) and sum(".experts." in fc.name for fc in fcs) == 30 * 8 * 3
+    window = token_windows(load_tokenizer(moe), load_texts(None, (assets.PERPLEXITY_NOVEL,)), 256, 1, "evaluation")[0]
+    expected = _logits(dense / IR_XML, window)
+    assert np.abs(expected).max() > 10  # real logits
+    assert np.abs(_logits(moe / IR_XML, window) - expected).max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_real_smollm2_moe_scap_30_realises_its_budget(tmp_path):
+    from scap_ov.export import dense_ir
+    from scap_ov.pipeline import evaluate_folder
+
+    out = tmp_path / "scap30"
+    export_scap(out, MOE, CalibrationConfig(targets=parse_targets(0.3), samples=4, refine_passes=1))
+    scap = evaluate_folder(out, windows=2, seq_len=256, cloze=0, progress=False)
+    assert abs(scap.fc_weight_sparsity - 0.3) < 0.03
+    assert len(scap.layer_sparsity) == 30 * (4 + 8 * 3) and set(scap.type_sparsity) == set(ATTENTION) | set(EXPERT_FCS)
+    dense = evaluate_folder(dense_ir(MOE), windows=2, seq_len=256, cloze=0, progress=False)
+    assert dense.perplexity < scap.perplexity < 1.2 * dense.perplexity
