@@ -24,9 +24,10 @@ SHARED_INPUT = {"q": "qkv", "k": "qkv", "v": "qkv", "o": "o", "gate": "gate_up",
 
 # Module-name regexes per layer type (matched against the module path optimum-intel keeps in node names).
 # A mixture-of-experts block's experts are gate/up/down FCs too, one set per expert ("mlp.experts.<e>.gate_proj",
-# as scap_ov.moe exports them). The router ("mlp.gate", [E, H]) matches nothing and stays dense, as lm_head
-# does: it is a negligible share of the weight bytes, and a pruned router input changes discrete top-k choices.
-_EXPERT = r"(?:experts\.\d+\.)?"
+# as scap_ov.moe exports them), and so is a shared expert (Qwen2-MoE's "mlp.shared_expert.gate_proj"). The router
+# ("mlp.gate", [E, H]) and the shared expert's gate ([1, H]) match nothing and stay dense, as lm_head does: they
+# are a negligible share of the weight bytes, and a pruned router input changes discrete top-k choices.
+_EXPERT = r"(?:experts\.\d+\.|shared_expert\.)?"
 DEFAULT_LAYER_PATTERNS: dict[str, str] = {
     "q": r"layers\.(\d+)\.self_attn\.q_proj$",
     "k": r"layers\.(\d+)\.self_attn\.k_proj$",

@@ -1,4 +1,4 @@
-"""Mixture-of-experts decoders (Mixtral): an upcycled real-weight MoE, and an export where every expert is its own FC.
+"""Mixture-of-experts decoders (Mixtral, Qwen2-MoE): an upcycled real-weight MoE, and an export where every expert is its own FC.
 
 **Upcycling** (``upcycle``): the packaged ``smollm2-moe`` is SmolLM2-135M with each block's SwiGLU MLP cut along
 its intermediate dimension into ``E`` experts (expert e owns channels [e I/E, (e+1) I/E) of gate, up and down),
@@ -58,24 +58,17 @@ def _routed_experts_forward(self, hidden_states, top_k_index, top_k_weights):
     return out
 
 
-def _experts_class():
-    from transformers.models.mixtral.modeling_mixtral import MixtralExperts
+# optimum-intel export config -> the transformers experts class it exports in the vectorised form (both store
+# gate_up_proj [E, 2I, H] and down_proj [E, H, I] and are called as experts(hidden, top_k_index, top_k_weights)).
+MOE_EXPORTS = {"MixtralOpenVINOConfig": ("transformers.models.mixtral.modeling_mixtral", "MixtralExperts"),
+               "Qwen2MoEOpenVINOConfig": ("transformers.models.qwen2_moe.modeling_qwen2_moe", "Qwen2MoeExperts")}
 
-    return MixtralExperts
 
-
-@contextmanager
-def per_expert_export():
-    """While inside, optimum-intel exports Mixtral experts as one FC per expert and layer type (see module doc)."""
-    from optimum.exporters.openvino import model_configs
-
-    config_cls = model_configs.MixtralOpenVINOConfig
-    base = config_cls._MODEL_PATCHER
-    experts_cls = _experts_class()
-
+def _per_expert_patcher(base, experts_cls):
     class PerExpertPatcher(base):
         def __enter__(self):
             super().__enter__()  # installs optimum's vectorised experts forward; replaced right after
+            self._scap_forward = experts_cls.forward
             experts_cls.forward = _routed_experts_forward
             for module in self._model.modules():
                 if isinstance(module, experts_cls):
@@ -88,13 +81,36 @@ def per_expert_export():
                 if isinstance(module, experts_cls):
                     for e in range(module.num_experts):
                         module._modules.pop(str(e), None)
+            experts_cls.forward = self._scap_forward
             super().__exit__(exc_type, exc_value, traceback)  # restores transformers' own forward
 
-    config_cls._MODEL_PATCHER = PerExpertPatcher
+    return PerExpertPatcher
+
+
+@contextmanager
+def per_expert_export():
+    """While inside, optimum-intel exports the experts of MOE_EXPORTS models as one FC per expert and layer type
+    (see module doc)."""
+    import importlib
+
+    from optimum.exporters.openvino import model_configs
+
+    saved = {}
+    for config_name, (module, class_name) in MOE_EXPORTS.items():
+        config_cls = getattr(model_configs, config_name, None)
+        experts_cls = getattr(importlib.import_module(module), class_name, None)
+        if config_cls is None or experts_cls is None:
+            continue
+        saved[config_cls] = config_cls.__dict__.get("_MODEL_PATCHER")
+        config_cls._MODEL_PATCHER = _per_expert_patcher(config_cls._MODEL_PATCHER, experts_cls)
     try:
         yield
     finally:
-        config_cls._MODEL_PATCHER = base
+        for config_cls, patcher in saved.items():
+            if patcher is None:
+                del config_cls._MODEL_PATCHER
+            else:
+                config_cls._MODEL_PATCHER = patcher
 
 
 # ---------------------------------------------------------------------------------------------- upcycling

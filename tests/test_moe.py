@@ -194,6 +194,39 @@ def test_fused_ir_equals_portable_ir_per_fc(tiny_moe, tmp_path, mode, score):
             assert np.abs(fused_logits - portable_logits).max() <= 1e-4
 
 
+def test_qwen2_moe_experts_and_shared_expert_are_fcs(tmp_path):
+    """Qwen2-MoE (same 3-D expert storage, plus a shared expert behind a sigmoid gate, q/k/v biases): the export
+    computes what torch computes with one FC per expert; the shared expert's FCs are FCs too, its gate and the
+    router stay dense."""
+    import torch
+    from optimum.exporters.openvino import export_from_model
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    config = Qwen2MoeConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                            shared_expert_intermediate_size=48, num_hidden_layers=BLOCKS, num_attention_heads=4,
+                            num_key_value_heads=2, num_experts=EXPERTS, num_experts_per_tok=TOP_K,
+                            max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(1)
+    model = Qwen2MoeForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("mlp.gate.weight"):
+                param.normal_(0.0, 0.5)
+    with warnings.catch_warnings(), export_patches():
+        warnings.simplefilter("ignore")
+        export_from_model(model, str(tmp_path), task="text-generation-with-past")
+    window = _windows(1, 24, seed=5)[0]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(window)[None]).logits[0].numpy()
+    assert np.abs(_logits(tmp_path / IR_XML, window) - expected).max() <= 1e-4
+    ir = ov.Core().read_model(tmp_path / IR_XML)
+    shared = {f"model.layers.{b}.mlp.shared_expert.{path}": t for b in range(BLOCKS) for t, path in EXPERT_FCS.items()}
+    assert {fc.name: fc.layer_type for fc in find_fcs(ir)} == _expected_fcs() | shared
+    others = {module_name(n.get_friendly_name()) for n, _ in weighted_matmuls(ir)} - set(_expected_fcs()) - set(shared)
+    assert others == {"lm_head"} | {f"model.layers.{b}.mlp.{g}" for b in range(BLOCKS) for g in ("gate",
+                                                                                               "shared_expert_gate")}
+
+
 # ------------------------------------------------------------------------------- the real smollm2-moe (slow)
 
 MOE, DENSE = "smollm2-moe", "smollm2-135m"
