@@ -116,12 +116,16 @@ def per_expert_export():
 # ---------------------------------------------------------------------------------------------- upcycling
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
 def upcycle(dense_folder: Path, out: Path, experts: int) -> Path:
     """A Mixtral folder computing the dense Llama-style model at ``dense_folder`` with ``experts`` experts per
     block, all active (see module doc); written atomically to ``out``."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, MixtralConfig, MixtralForCausalLM
+    from transformers import AutoModelForCausalLM, MixtralConfig, MixtralForCausalLM
 
+    dense_folder = Path(dense_folder)
     dense = AutoModelForCausalLM.from_pretrained(dense_folder, dtype=torch.float32)
     c = dense.config
     if c.model_type != "llama" or getattr(c, "mlp_bias", False) or getattr(c, "attention_bias", False):
@@ -156,7 +160,9 @@ def upcycle(dense_folder: Path, out: Path, experts: int) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     try:
         moe.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(dense_folder).save_pretrained(tmp)
+        for name in _TOKENIZER_FILES:
+            if (dense_folder / name).is_file():
+                shutil.copy2(dense_folder / name, tmp / name)
         (tmp / "scap_ov_source.json").write_text(json.dumps({"upcycled_from": str(dense_folder),
                                                              "experts": experts}))
         if out.exists():

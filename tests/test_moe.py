@@ -227,6 +227,32 @@ def test_qwen2_moe_experts_and_shared_expert_are_fcs(tmp_path):
                                                                                                "shared_expert_gate")}
 
 
+def test_upcycling_reproduces_the_dense_model_and_refuses_inexact_expert_counts(tmp_path):
+    """The construction behind smollm2-moe on a tiny random Llama: all experts active, torch logits equal."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, MixtralForCausalLM
+
+    from scap_ov.errors import ScapError
+    from scap_ov.moe import upcycle
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=BLOCKS,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=128,
+                         tie_word_embeddings=True, rope_parameters={"rope_type": "default", "rope_theta": 1e5},
+                         pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(2)
+    dense = LlamaForCausalLM(config).eval()
+    dense.save_pretrained(tmp_path / "dense")
+    moe = MixtralForCausalLM.from_pretrained(upcycle(tmp_path / "dense", tmp_path / "moe", 4), dtype=torch.float32)
+    assert moe.config.num_local_experts == moe.config.num_experts_per_tok == 4
+    ids = torch.from_numpy(_windows(1, 16, seed=6))
+    with torch.no_grad():
+        expected = dense(ids).logits
+        assert torch.abs(moe(ids).logits - expected).max() <= 1e-5 * max(1.0, float(expected.abs().max()))
+    with pytest.raises(ScapError, match="power of two dividing the intermediate size 96"):
+        upcycle(tmp_path / "dense", tmp_path / "moe3", 3)
+    assert not (tmp_path / "moe3").exists()
+
+
 # ------------------------------------------------------------------------------- the real smollm2-moe (slow)
 
 MOE, DENSE = "smollm2-moe", "smollm2-135m"
