@@ -1,4 +1,5 @@
-"""Mixture-of-experts decoders (Mixtral, Qwen2-MoE): an upcycled real-weight MoE, and an export where every expert is its own FC.
+"""Mixture-of-experts decoders (Mixtral, Qwen2-MoE): an upcycled real-weight MoE, and an export where every expert
+is its own FC.
 
 **Upcycling** (``upcycle``): the packaged ``smollm2-moe`` is SmolLM2-135M with each block's SwiGLU MLP cut along
 its intermediate dimension into ``E`` experts (expert e owns channels [e I/E, (e+1) I/E) of gate, up and down),
@@ -6,8 +7,8 @@ all ``E`` active per token (top-k = E) and a zero router, so the softmax gives e
 renormalises the top-k weights (still 1/E each), so each expert's down slice is multiplied by E. E is a power of
 two: the scaling is exact in floating point and the model computes the dense MLP up to summation order.
 
-**Export** (``per_expert_export``): transformers 5 stores a Mixtral block's experts as two 3-D parameters
-(gate_up_proj [E, 2I, H], down_proj [E, H, I]) and loops over the experts hit; optimum-intel exports them in a
+**Export** (``per_expert_export``): transformers 5 stores a Mixtral (or Qwen2-MoE) block's experts as two 3-D
+parameters (gate_up_proj [E, 2I, H], down_proj [E, H, I]) and loops over the experts hit; optimum-intel exports them in a
 vectorised form (every expert runs on every token as one batched MatMul over [E, T, H], then multiplied by a
 routing weight that is zero for unrouted tokens), the pattern OpenVINO's own MoE fusion expects. For SCAP that
 form is wrong three ways: an expert's statistics would mix tokens the router never sends to it, SCAPFullyConnected
@@ -25,9 +26,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from scap_ov.errors import ScapError
-
-_EXPERTS_ATTR = "_scap_experts"
-
 
 def _expert_module(experts, e: int):
     import torch.nn as nn
