@@ -8,8 +8,8 @@ renormalises the top-k weights (still 1/E each), so each expert's down slice is 
 two: the scaling is exact in floating point and the model computes the dense MLP up to summation order.
 
 **Export** (``per_expert_export``): transformers 5 stores a Mixtral (or Qwen2-MoE) block's experts as two 3-D
-parameters (gate_up_proj [E, 2I, H], down_proj [E, H, I]) and loops over the experts hit; optimum-intel exports them in a
-vectorised form (every expert runs on every token as one batched MatMul over [E, T, H], then multiplied by a
+parameters (gate_up_proj [E, 2I, H], down_proj [E, H, I]) and loops over the experts hit; optimum-intel exports
+them in a vectorised form (every expert runs on every token as one batched MatMul over [E, T, H], then multiplied by a
 routing weight that is zero for unrouted tokens), the pattern OpenVINO's own MoE fusion expects. For SCAP that
 form is wrong three ways: an expert's statistics would mix tokens the router never sends to it, SCAPFullyConnected
 takes a 2-D weight, and decode would read every expert's weights. So during export each expert becomes a module
