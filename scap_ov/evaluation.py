@@ -107,8 +107,10 @@ class Evaluator:
             nll += float(_log_softmax_nll(logits[:-1], window[1:]).sum())
             tokens += len(window) - 1
             for name, value in sparsity.items():
-                sums[name] = sums.get(name, 0.0) + value
-        layer = {name: total / len(windows) for name, total in sums.items()}
+                if np.isfinite(value):  # NaN: an MoE expert the router sent no token of this window
+                    total, count = sums.get(name, (0.0, 0))
+                    sums[name] = (total + value, count + 1)
+        layer = {name: total / count for name, (total, count) in sums.items()}
         return float(np.exp(nll / tokens)), tokens, layer
 
     def cloze(self, items: list[tuple[list[int], list[int]]], progress: bool = True) -> float:

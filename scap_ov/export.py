@@ -94,6 +94,15 @@ def raised_export_caps():
                 cls.MAX_TRANSFORMERS_VERSION = value
 
 
+@contextmanager
+def export_patches():
+    """Every adjustment scap-ov makes to optimum-intel's export: raised version caps, one FC per MoE expert."""
+    from scap_ov.moe import per_expert_export
+
+    with raised_export_caps(), per_expert_export():
+        yield
+
+
 def export_dense(hf_folder: Path, out: Path) -> Path:
     """optimum-intel export of a transformers folder to an f32 IR with tokenizers: a stateful decoder, an
     encoder's feature extractor (last_hidden_state) or a vision model (see export_task); model types optimum
@@ -105,7 +114,7 @@ def export_dense(hf_folder: Path, out: Path) -> Path:
         return convert_from_torch(hf_folder, out)
     from optimum.exporters.openvino import main_export
 
-    with atomic_output_dir(out, overwrite=True) as tmp, raised_export_caps():
+    with atomic_output_dir(out, overwrite=True) as tmp, export_patches():
         try:
             main_export(str(hf_folder), output=tmp, task=export_task(hf_folder), convert_tokenizer=True)
         except Exception as exc:  # the exporter raises many types; report one line

@@ -2,7 +2,8 @@
 
 An FC is a MatMul whose second input is a weight (constant or NNCF decompression chain, see
 ``scap_ov.transformations.weights``) and whose friendly name matches a layer pattern. Layer types follow
-the decoder block: q, k, v (one shared input), o, gate, up (one shared input), down. Other families map their
+the decoder block: q, k, v (one shared input), o, gate, up (one shared input), down; in a mixture-of-experts
+block every expert has its own gate, up (one input: the tokens routed to it) and down. Other families map their
 FCs onto these types (BERT: query/key/value -> q/k/v, attention.output.dense -> o, intermediate.dense -> up,
 output.dense -> down; its MLP has no gate). Without explicit patterns the family that names the most FCs is used
 (ViT shares BERT's o/up/down names, so "any match" would take BERT's half of a ViT).
@@ -25,14 +26,19 @@ LAYER_TYPES = ("q", "k", "v", "o", "gate", "up", "down")
 SHARED_INPUT = {"q": "qkv", "k": "qkv", "v": "qkv", "o": "o", "gate": "gate_up", "up": "gate_up", "down": "down"}
 
 # Module-name regexes per layer type (matched against the module path optimum-intel keeps in node names).
+# A mixture-of-experts block's experts are gate/up/down FCs too, one set per expert ("mlp.experts.<e>.gate_proj",
+# as scap_ov.moe exports them), and so is a shared expert (Qwen2-MoE's "mlp.shared_expert.gate_proj"). The router
+# ("mlp.gate", [E, H]) and the shared expert's gate ([1, H]) match nothing and stay dense, as lm_head does: they
+# are a negligible share of the weight bytes, and a pruned router input changes discrete top-k choices.
+_EXPERT = r"(?:experts\.\d+\.|shared_expert\.)?"
 DEFAULT_LAYER_PATTERNS: dict[str, str] = {
     "q": r"layers\.(\d+)\.self_attn\.q_proj$",
     "k": r"layers\.(\d+)\.self_attn\.k_proj$",
     "v": r"layers\.(\d+)\.self_attn\.v_proj$",
     "o": r"layers\.(\d+)\.self_attn\.o_proj$",
-    "gate": r"layers\.(\d+)\.mlp\.gate_proj$",
-    "up": r"layers\.(\d+)\.mlp\.up_proj$",
-    "down": r"layers\.(\d+)\.mlp\.down_proj$",
+    "gate": r"layers\.(\d+)\.mlp\." + _EXPERT + r"gate_proj$",
+    "up": r"layers\.(\d+)\.mlp\." + _EXPERT + r"up_proj$",
+    "down": r"layers\.(\d+)\.mlp\." + _EXPERT + r"down_proj$",
 }
 
 # BERT-style encoders (optimum-intel keeps "encoder.layer.N..." for a BertModel, "bert.encoder.layer.N..."
