@@ -16,6 +16,9 @@ METHODS = ("scap", "teal", "greedy", "cats")
 # What is thresholded: magnitude |x - m|, or weighted |x_j - m_j| * ||W[:, j]|| (weight-aware: a per-channel tau;
 # FCs sharing an input use the norms of their stacked weights, so they keep one mask).
 SCORES = ("magnitude", "weighted")
+# What greedy's probes measure: kl, the mean next-token KL from the dense model; nll, the increase of the mean
+# next-token loss on the calibration text itself (what perplexity measures: lower KL need not mean lower loss).
+GREEDY_LOSSES = ("kl", "nll")
 DEFAULT_SPARSITY = 0.4
 
 
@@ -47,6 +50,10 @@ class CalibrationConfig:
     score: str = "magnitude"
     blocks_per_group: int = 10  # greedy: blocks whose FCs reading one kind of input share a target
     probe_windows: int = 4  # greedy: calibration windows the end-model KL is measured on
+    greedy_loss: str = "kl"  # greedy: cost of a group's level, see GREEDY_LOSSES
+    # Fold the calibration mean of what each FC's threshold drops into its bias (W (m + c)): the FC output error
+    # is then zero on average. One extra statistics pass on the final pruned model; nothing at run time.
+    bias_correction: bool = False
 
     @property
     def budget(self) -> float:
@@ -76,6 +83,11 @@ class CalibrationConfig:
         if self.method in ("greedy", "cats") and len(set(self.targets.values())) > 1:
             raise ScapError(f"--method {self.method} meets one model-level --sparsity budget; per-type --target "
                             "values do not apply")
+        if self.greedy_loss not in GREEDY_LOSSES:
+            raise ScapError(f"unknown greedy loss {self.greedy_loss!r} (choose from {', '.join(GREEDY_LOSSES)})")
+        if self.bias_correction and self.method == "cats":
+            raise ScapError("--bias-correction folds into the bias of a pruned FC input; CATS prunes act(gate) "
+                            "inside the MLP, where there is no bias to fold into")
         if self.blocks_per_group < 1 or self.probe_windows < 1:
             raise ScapError("blocks per group and probe windows must be >= 1")
         return self

@@ -10,7 +10,7 @@ read tau off the histogram of x (one histogram answers any m); the others histog
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import openvino as ov
@@ -179,7 +179,7 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray], config: C
             targets, info["allocation"] = greedy_targets(
                 model, fcs, lambda fc, level: centres[fc.name].solve(stats[fc.name], level, False)[0],
                 {name: c.mode for name, c in centres.items()}, windows[: config.probe_windows], config.budget,
-                config.blocks_per_group, layer_patterns)
+                config.blocks_per_group, layer_patterns, config.greedy_loss)
         else:
             targets = {fc.name: config.targets[fc.layer_type] for fc in fcs}
             centres = _centres(fcs, stats, config, targets)
@@ -191,4 +191,18 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray], config: C
         scores = {name: c.score() for name, c in centres.items() if c.scored}
         stats = statistics.collect(pruned, observed, dataset, len(windows), reservoir_rows=0, scores=scores)
         entries = _thresholds(fcs, stats, targets, centres, method, score_histogram=True)
+    if config.bias_correction:
+        info["bias_correction"] = True
+        entries = bias_corrections(model, fcs, entries, dataset, len(windows), layer_patterns)
     return Artifact(fcs=entries, model=model_id, calibration=info)
+
+
+def bias_corrections(model: ov.Model, fcs: list[FC], entries: list[FCThreshold], dataset, subset_size: int,
+                     layer_patterns: dict[str, str] | None = None) -> list[FCThreshold]:
+    """``entries`` with their bias correction: per FC, the mean of what its threshold drops, observed in the
+    model pruned with ``entries`` (as deployed), so W (m + c) makes the FC's output error zero on average."""
+    pruned = apply_portable(model.clone(), Artifact(fcs=entries), layer_patterns)
+    observed = {fc.name: fc.node_name + CENTERED_SUFFIX for fc in fcs}
+    means = statistics.pruned_means(pruned, observed, dataset, subset_size,
+                                    {e.name: (e.mode, e.tau) for e in entries})
+    return [replace(e, correction=json_value(means[e.name])) for e in entries]
