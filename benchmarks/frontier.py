@@ -30,7 +30,6 @@ log = logging.getLogger("scap_ov.frontier")
 METHODS = {"teal": dict(method="teal"), "cats": dict(method="cats"), "scap-kde": dict(method="scap", mode="kde"),
            "channel": dict(method="scap", mode="channel"), "weighted": dict(method="scap", score="weighted"),
            "greedy": dict(method="greedy"), "greedy-weighted": dict(method="greedy", score="weighted"),
-           "teal-bc": dict(method="teal", bias_correction=True), "greedy-bc": dict(method="greedy", bias_correction=True),
            "greedy-nll": dict(method="greedy", greedy_loss="nll")}
 BUDGETS = (0.25, 0.4, 0.5, 0.6)
 

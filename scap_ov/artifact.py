@@ -36,15 +36,12 @@ class FCThreshold:
     target_sparsity: float
     calibration_sparsity: float  # measured on the calibration tokens
     method: str  # how m was chosen: zero | median | kde | channel; or cats (tau on act(gate) of a gated input)
-    # Bias correction c (scalar or per input channel): the folded bias is W (m + c), c the calibration mean of
-    # what pruning drops, (x - m) * 1(|x - m| <= tau), so the FC output error is zero on average. 0: none.
-    correction: float | list[float] = 0.0
 
     def validate(self) -> None:
         where = f"artifact entry {self.name!r}"
         if self.layer_type not in LAYER_TYPES:
             raise ScapError(f"{where}: unknown layer type {self.layer_type!r} (known: {', '.join(LAYER_TYPES)})")
-        for key in ("mode", "tau", "correction"):
+        for key in ("mode", "tau"):
             values = getattr(self, key)
             values = values if isinstance(values, list) else [values]
             if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
@@ -52,9 +49,6 @@ class FCThreshold:
         taus = self.tau if isinstance(self.tau, list) else [self.tau]
         if min(taus) < 0:
             raise ScapError(f"{where}: tau must be >= 0")
-        if self.method == "cats" and any(c != 0 for c in (self.correction if isinstance(self.correction, list)
-                                                           else [self.correction])):
-            raise ScapError(f"{where}: a CATS entry folds no bias, so its correction must be 0")
         for key in ("target_sparsity", "calibration_sparsity"):
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:

@@ -51,9 +51,6 @@ class CalibrationConfig:
     blocks_per_group: int = 10  # greedy: blocks whose FCs reading one kind of input share a target
     probe_windows: int = 4  # greedy: calibration windows the end-model KL is measured on
     greedy_loss: str = "kl"  # greedy: cost of a group's level, see GREEDY_LOSSES
-    # Fold the calibration mean of what each FC's threshold drops into its bias (W (m + c)): the FC output error
-    # is then zero on average. One extra statistics pass on the final pruned model; nothing at run time.
-    bias_correction: bool = False
 
     @property
     def budget(self) -> float:
@@ -85,9 +82,6 @@ class CalibrationConfig:
                             "values do not apply")
         if self.greedy_loss not in GREEDY_LOSSES:
             raise ScapError(f"unknown greedy loss {self.greedy_loss!r} (choose from {', '.join(GREEDY_LOSSES)})")
-        if self.bias_correction and self.method == "cats":
-            raise ScapError("--bias-correction folds into the bias of a pruned FC input; CATS prunes act(gate) "
-                            "inside the MLP, where there is no bias to fold into")
         if self.blocks_per_group < 1 or self.probe_windows < 1:
             raise ScapError("blocks per group and probe windows must be >= 1")
         return self

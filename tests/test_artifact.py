@@ -10,7 +10,7 @@ from scap_ov.errors import ScapError
 def _artifact():
     return Artifact(fcs=[FCThreshold("model.layers.0.mlp.up_proj", "up", 0.01, 0.2, 0.4, 0.4, "kde"),
                          FCThreshold("model.layers.0.mlp.down_proj", "down", [0.0, 0.1], [0.1, 0.2], 0.5, 0.49,
-                                     "median", correction=[0.003, -0.002])], model="m")
+                                     "median")], model="m")
 
 
 def test_round_trip(tmp_path):
@@ -19,15 +19,6 @@ def test_round_trip(tmp_path):
     b = Artifact.load(path)
     assert b.to_json() == a.to_json()
     assert json.loads(path.read_text())["version"] == SCHEMA_VERSION
-    assert b.fcs[1].correction == [0.003, -0.002] and b.fcs[0].correction == 0.0
-
-
-def test_artifacts_written_before_bias_correction_still_load(tmp_path):
-    data = json.loads(_artifact().to_json())
-    for entry in data["fcs"]:
-        del entry["correction"]
-    (tmp_path / "old.json").write_text(json.dumps(data))
-    assert [fc.correction for fc in Artifact.load(tmp_path / "old.json").fcs] == [0.0, 0.0]
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -38,8 +29,6 @@ def test_artifacts_written_before_bias_correction_still_load(tmp_path):
     (lambda d: d["fcs"][0].update(tau=-1.0), "tau must be >= 0"),
     (lambda d: d["fcs"][0].update(mode="x"), "mode must be finite"),
     (lambda d: d["fcs"][0].update(layer_type="attn"), "unknown layer type 'attn'"),
-    (lambda d: d["fcs"][1].update(correction=[0.0, math.inf]), "correction must be finite"),
-    (lambda d: d["fcs"][0].update(method="cats", correction=0.1), "a CATS entry folds no bias"),
     (lambda d: d["fcs"][0].update(target_sparsity=1.5), "target_sparsity must lie in [0, 1]"),
     (lambda d: d["fcs"][0].pop("tau"), "FC entry 0 is malformed"),
     (lambda d: d["fcs"].append(dict(d["fcs"][0])), "duplicate FC names"),

@@ -12,7 +12,7 @@ from scap_ov.dataset import calibration_dataset
 from scap_ov.errors import ScapError
 from scap_ov.evaluation import Evaluator
 from scap_ov.layers import find_fcs, gated_input
-from scap_ov.transformations.portable import CENTERED_SUFFIX, KEEP_SUFFIX, apply_portable
+from scap_ov.transformations.portable import KEEP_SUFFIX, apply_portable
 
 VOCAB = 50
 
@@ -156,52 +156,8 @@ def test_greedy_with_weighted_channel_thresholds_meets_the_budget():
     (dict(method="greedy", targets=parse_targets(0.4, {"down": 0.6})), "per-type --target values do not apply"),
     (dict(method="cats", targets=parse_targets(0.2, {"up": 0.3})), "--method cats meets one model-level"),
     (dict(method="greedy", blocks_per_group=0), "blocks per group and probe windows must be >= 1"),
-    (dict(method="cats", bias_correction=True), "CATS prunes act(gate) inside the MLP, where there is no bias"),
 ])
 def test_method_configuration_errors(kwargs, message):
     with pytest.raises(ScapError, match=message.replace("(", r"\(").replace(")", r"\)")):
         CalibrationConfig(**kwargs).validate()
 
-
-def test_bias_correction_zeroes_the_mean_fc_output_error_on_calibration_rows():
-    model = tiny_block_model(vocab=VOCAB)
-    fcs = find_fcs(model)
-    windows = _windows()
-    plain = calibrate(model, windows, _config(method="teal", refine_passes=0))
-    corrected = calibrate(model, windows, _config(method="teal", refine_passes=0, bias_correction=True))
-    assert corrected.calibration["bias_correction"] and "bias_correction" not in plain.calibration
-    # Each FC's input as the corrections were measured: in the model pruned with the (uncorrected) thresholds.
-    pruned = apply_portable(model.clone(), plain)
-    centred = {n.get_friendly_name(): n for n in pruned.get_ordered_ops()}
-    x = _node_inputs(pruned, {fc.name: centred[fc.node_name + CENTERED_SUFFIX] for fc in fcs}, windows)
-    plain_error, corrected_error = [], []
-    for fc, p, c in zip(fcs, plain.fcs, corrected.fcs):
-        assert (p.tau, p.mode) == (c.tau, c.mode) and p.correction == 0.0 and np.shape(c.correction) == (fc.in_features,)
-        w = fc.weight.dense().astype(np.float64)
-        dropped = np.where(np.abs(x[fc.name]) > p.tau, 0.0, x[fc.name])  # mode 0 (TEAL)
-        plain_error.append(np.abs(dropped.mean(0) @ w.T).max())  # mean of W x - W s(x) over tokens
-        corrected_error.append(np.abs((dropped.mean(0) - np.asarray(c.correction)) @ w.T).max())
-        assert corrected_error[-1] <= 1e-4 * max(plain_error[-1], 1e-3), fc.name
-    assert min(plain_error) > 1e-3  # there was a bias to correct
-    # The corrected artifact builds an IR whose folded bias is W c (mode 0), and nothing else changes.
-    ir = apply_portable(model.clone(), corrected)
-    bias = {n.get_friendly_name(): n for n in ir.get_ordered_ops()}[fcs[0].node_name + "/scap/bias"]
-    np.testing.assert_allclose(bias.get_data().ravel(), fcs[0].weight.dense() @ np.asarray(corrected.fcs[0].correction),
-                               rtol=1e-4, atol=1e-6)
-
-
-def _node_inputs(model, nodes, windows):
-    """Input 0 of each named node on ``windows``, [tokens, IC], by key."""
-    probe = model.clone()
-    ops_by_name = {n.get_friendly_name(): n for n in probe.get_ordered_ops()}
-    keys = list(nodes)
-    first = len(probe.outputs)
-    probe.add_results([ov.opset13.result(ops_by_name[nodes[k].get_friendly_name()].input_value(0)) for k in keys])
-    compiled = ov.Core().compile_model(probe, "CPU", F32)
-    out = {}
-    for w in windows:
-        res = compiled({"input_ids": w[None]})
-        for i, key in enumerate(keys):
-            value = res[compiled.outputs[first + i]]
-            out.setdefault(key, []).append(value.reshape(-1, value.shape[-1]).astype(np.float64))
-    return {k: np.concatenate(v) for k, v in out.items()}

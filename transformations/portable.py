@@ -4,8 +4,7 @@ For each calibrated FC  y = W x (+ b):
     d    = Subtract(x, m)                      m: scalar or per-input-channel mode
     keep = Greater(Abs(d), tau)                NaN is never kept; +-Inf always is
     x'   = Select(keep, d, 0)
-    y    = Add(MatMul(x', W), W (m + c))       folded bias: exact algebra, computed once here; c (bias correction,
-                                               0 unless calibrated) is the mean of what pruning drops
+    y    = Add(MatMul(x', W), W m)             folded bias: exact algebra, computed once here
 The fused CPU op (pass B) matches exactly this shape; node names carry the ``/scap/`` suffixes below.
 
 CATS entries (``method == "cats"``) prune act(gate) of the FC's gated input act(gate) * up instead, zero-centred
@@ -41,15 +40,14 @@ def _as_f32(values, in_features: int, what: str, fc: FC) -> np.ndarray:
     return arr
 
 
-def folded_bias(fc: FC, mode: np.ndarray, correction: np.ndarray | float = 0.0) -> np.ndarray:
-    """W (m + c), float32 [OC], from the weights exactly as OpenVINO dequantizes them."""
+def folded_bias(fc: FC, mode: np.ndarray) -> np.ndarray:
+    """W m, float32 [OC], from the weights exactly as OpenVINO dequantizes them."""
     w = fc.weight.dense().astype(np.float64)  # [OC, IC]
-    m = np.broadcast_to(np.asarray(mode, np.float64) + np.asarray(correction, np.float64), (fc.in_features,))
+    m = np.broadcast_to(mode.astype(np.float64), (fc.in_features,))
     return (w @ m).astype(np.float32)
 
 
-def insert_pruning(fc: FC, mode: np.ndarray, tau: np.ndarray | ov.Node, cats: bool = False,
-                   correction: np.ndarray | float = 0.0) -> None:
+def insert_pruning(fc: FC, mode: np.ndarray, tau: np.ndarray | ov.Node, cats: bool = False) -> None:
     base = fc.node_name + "/scap/"
     gated = gated_input(fc) if cats else None
     if cats and (gated is None or np.any(mode != 0)):
@@ -67,7 +65,7 @@ def insert_pruning(fc: FC, mode: np.ndarray, tau: np.ndarray | ov.Node, cats: bo
     fc.matmul.input(0).replace_source_output(pruned.output(0))
 
     consumers = list(fc.matmul.output(0).get_target_inputs())
-    bias = ops.add(fc.matmul.output(0), ops.constant(folded_bias(fc, mode, correction), et, name=base + "bias"),
+    bias = ops.add(fc.matmul.output(0), ops.constant(folded_bias(fc, mode), et, name=base + "bias"),
                    name=base + "folded_bias")
     for consumer in consumers:
         consumer.replace_source_output(bias.output(0))
@@ -98,8 +96,7 @@ class InsertSCAPPruning(ModelPass):
                 tau = ops.parameter(list(tau.shape), np.float32, name=TAU_INPUT_PREFIX + fc.name)
                 tau.output(0).get_tensor().set_names({TAU_INPUT_PREFIX + fc.name})
                 model.add_parameters([tau])
-            insert_pruning(fc, _as_f32(entry.mode, fc.in_features, "mode", fc), tau, entry.method == CATS_METHOD,
-                           _as_f32(entry.correction, fc.in_features, "correction", fc))
+            insert_pruning(fc, _as_f32(entry.mode, fc.in_features, "mode", fc), tau, entry.method == CATS_METHOD)
         model.set_rt_info(str(len(self.artifact.fcs)), [RT_INFO_KEY, "fc_count"])
         model.set_rt_info(str(self.artifact.version), [RT_INFO_KEY, "artifact_version"])
         model.validate_nodes_and_infer_types()

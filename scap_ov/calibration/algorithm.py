@@ -10,7 +10,7 @@ read tau off the histogram of x (one histogram answers any m); the others histog
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import openvino as ov
@@ -191,18 +191,4 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray], config: C
         scores = {name: c.score() for name, c in centres.items() if c.scored}
         stats = statistics.collect(pruned, observed, dataset, len(windows), reservoir_rows=0, scores=scores)
         entries = _thresholds(fcs, stats, targets, centres, method, score_histogram=True)
-    if config.bias_correction:
-        info["bias_correction"] = True
-        entries = bias_corrections(model, fcs, entries, dataset, len(windows), layer_patterns)
     return Artifact(fcs=entries, model=model_id, calibration=info)
-
-
-def bias_corrections(model: ov.Model, fcs: list[FC], entries: list[FCThreshold], dataset, subset_size: int,
-                     layer_patterns: dict[str, str] | None = None) -> list[FCThreshold]:
-    """``entries`` with their bias correction: per FC, the mean of what its threshold drops, observed in the
-    model pruned with ``entries`` (as deployed), so W (m + c) makes the FC's output error zero on average."""
-    pruned = apply_portable(model.clone(), Artifact(fcs=entries), layer_patterns)
-    observed = {fc.name: fc.node_name + CENTERED_SUFFIX for fc in fcs}
-    means = statistics.pruned_means(pruned, observed, dataset, subset_size,
-                                    {e.name: (e.mode, e.tau) for e in entries})
-    return [replace(e, correction=json_value(means[e.name])) for e in entries]

@@ -5,8 +5,7 @@ Each FC input gets a ``TensorCollector`` at NNCF's PRE_LAYER_OPERATION target po
 rows (output error of candidate modes). Both are fixed-size, so memory does not grow with calibration
 tokens. NNCF merges the reducers of FCs that share an input (q/k/v, gate/up): the tensor is read out once.
 
-``pruned_means`` measures, on a pruned model, the per-channel mean of what each FC's threshold drops (the bias
-correction). A histogram can hold a per-FC *score* of the input instead of x itself, ``(x - shift) * scale`` per input
+A histogram can hold a per-FC *score* of the input instead of x itself, ``(x - shift) * scale`` per input
 channel (``Score``): thresholds of per-channel modes and weight-aware thresholds are quantiles of that score.
 """
 from __future__ import annotations
@@ -28,7 +27,6 @@ from scap_ov.calibration.histogram import SignedLogHistogram
 ALGORITHM_KEY = "SCAP"
 HISTOGRAM_BRANCH = "histogram"
 RESERVOIR_BRANCH = "reservoir"
-PRUNED_MEAN_BRANCH = "pruned_mean"
 RESERVOIR_ROWS = 256
 
 
@@ -103,36 +101,6 @@ class ReservoirAggregator(AggregatorBase):
         return hash((self.__class__.__name__, self.rows, self.seed))
 
 
-class PrunedMeanAggregator(AggregatorBase):
-    """Per input channel: the mean over tokens of (x - mode) * 1(|x - mode| <= tau), what pruning drops."""
-
-    def __init__(self, mode: np.ndarray | float, tau: np.ndarray | float):
-        super().__init__(num_samples=None)
-        self.mode = np.asarray(mode, np.float32)
-        self.tau = np.asarray(tau, np.float32)
-        self.reset()
-
-    def reset(self) -> None:
-        super().reset()
-        self._sum, self._count = 0.0, 0
-
-    def _register_reduced_input_impl(self, x) -> None:
-        d = np.asarray(x.data, np.float32).reshape(-1, x.shape[-1]) - self.mode
-        # The pruned IR keeps |d| > tau (NaN never): the dropped part is everything else.
-        self._sum = self._sum + np.where(np.abs(d) > self.tau, 0.0, d).sum(0, dtype=np.float64)
-        self._count += d.shape[0]
-
-    # Per-FC thresholds differ even on a shared input: never let NNCF merge two of these.
-    def __eq__(self, other) -> bool:
-        return self is other
-
-    def __hash__(self) -> int:
-        return id(self)
-
-    def _aggregate_impl(self) -> np.ndarray:
-        return (np.asarray(self._sum) / max(self._count, 1)).astype(np.float32)
-
-
 @dataclass
 class InputStatistics:
     histogram: SignedLogHistogram
@@ -146,39 +114,23 @@ def collect(model: ov.Model, observed: dict[str, str | tuple[str, int]], dataset
     ``observed`` maps a key (FC name) to the node whose input to watch: a name (input 0) or (name, port).
     ``scores`` (per key, optional): histogram that score of the input instead of the input itself.
     """
-    def branches(key):
-        yield HISTOGRAM_BRANCH, HistogramAggregator((scores or {}).get(key))
-        if reservoir_rows:
-            yield RESERVOIR_BRANCH, ReservoirAggregator(reservoir_rows)
-
-    out = {}
-    for key, stats in _run(model, observed, dataset, subset_size, branches).items():
-        rows = stats.get(RESERVOIR_BRANCH)
-        out[key] = InputStatistics(stats[HISTOGRAM_BRANCH], rows if rows is not None else np.empty((0, 0), np.float32))
-    return out
-
-
-def pruned_means(model: ov.Model, observed: dict[str, str | tuple[str, int]], dataset: nncf.Dataset,
-                 subset_size: int, thresholds: dict[str, tuple]) -> dict[str, np.ndarray]:
-    """Per key of ``observed``: the [IC] mean of what (mode, tau) = ``thresholds[key]`` prunes of that input."""
-    stats = _run(model, observed, dataset, subset_size,
-                 lambda key: [(PRUNED_MEAN_BRANCH, PrunedMeanAggregator(*thresholds[key]))])
-    return {key: s[PRUNED_MEAN_BRANCH] for key, s in stats.items()}
-
-
-def _run(model, observed, dataset, subset_size, branches) -> dict[str, dict]:
-    """One NNCF statistics pass: per key, the aggregators ``branches(key)`` yields on the watched input."""
     container, collectors = StatisticPointsContainer(), {}
     for key, where in observed.items():
         node_name, port = (where, 0) if isinstance(where, str) else where
         collector = collectors[key] = TensorCollector()
         reducer = RawReducer()
-        for branch, aggregator in branches(key):
-            collector.register_statistic_branch(branch, reducer, aggregator)
+        collector.register_statistic_branch(HISTOGRAM_BRANCH, reducer, HistogramAggregator((scores or {}).get(key)))
+        if reservoir_rows:
+            collector.register_statistic_branch(RESERVOIR_BRANCH, reducer, ReservoirAggregator(reservoir_rows))
         point = OVTargetPoint(TargetType.PRE_LAYER_OPERATION, node_name, port)
         container.add_statistic_point(StatisticPoint(point, collector, ALGORITHM_KEY))
     aggregator = OVStatisticsAggregator(dataset)
     aggregator.stat_subset_size = subset_size
     aggregator.register_statistic_points(container)
     aggregator.collect_statistics(model, build_graph(model))
-    return {key: collector.get_statistics() for key, collector in collectors.items()}
+    out = {}
+    for key, collector in collectors.items():
+        stats = collector.get_statistics()
+        rows = stats.get(RESERVOIR_BRANCH)
+        out[key] = InputStatistics(stats[HISTOGRAM_BRANCH], rows if rows is not None else np.empty((0, 0), np.float32))
+    return out
