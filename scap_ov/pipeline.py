@@ -70,6 +70,7 @@ def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: Calibra
         weight_format = weight_format.check_channels(config_fc_channels(assets.resolve_model(model)))
     ir_folder = dense_ir(model)
     is_encoder = encoder.is_encoder(ir_folder)
+    config = config.resolved(is_encoder)
     if is_encoder:
         encoder.check_method(config.method)
     if texts is not None and is_encoder:  # one paragraph per sample, up to seq_len tokens

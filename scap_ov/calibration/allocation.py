@@ -31,7 +31,6 @@ from scap_ov.transformations.portable import TAU_INPUT_PREFIX, apply_portable
 
 log = logging.getLogger("scap_ov")
 LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))  # sparsity levels a group can take
-PROBE_TOKENS = 128  # tokens per probe window: KL over a few hundred tokens ranks groups well enough
 DISABLED_TAU = -1.0  # |x - m| > -1 always: the FC keeps every input
 
 
@@ -145,14 +144,14 @@ def allocate(groups: list[Group], budget: float, cost: Callable[[Group, float], 
 
 def greedy_targets(model: ov.Model, fcs: list[FC], tau_at: Callable[[FC, float], float | np.ndarray],
                    modes: dict[str, float | np.ndarray], windows: np.ndarray, budget: float, blocks_per_group: int,
-                   layer_patterns: dict[str, str] | None = None, loss: str = "kl") -> tuple[dict[str, float], dict]:
+                   layer_patterns: dict[str, str] | None, loss: str, probe_tokens: int) -> tuple[dict[str, float], dict]:
     """Per-FC targets meeting ``budget`` and a report (group curves and targets) for the artifact.
 
     ``tau_at(fc, level)``: the FC's threshold (scalar or per channel) for sparsity ``level`` on the dense model.
     """
     groups = make_groups(fcs, blocks_per_group)
     shapes = {fc.name: np.shape(tau_at(fc, LEVELS[0])) for fc in fcs}
-    probe = SensitivityProbe(model, fcs, modes, windows[:, :PROBE_TOKENS], layer_patterns, shapes, loss)
+    probe = SensitivityProbe(model, fcs, modes, windows[:, :probe_tokens], layer_patterns, shapes, loss)
     progress = tqdm(desc="Allocation probes", unit="probe", leave=False)
 
     def cost(group: Group, level: float) -> float:
