@@ -31,8 +31,7 @@ METHODS = {"teal": dict(method="teal"), "cats": dict(method="cats"), "scap-kde":
            "channel": dict(method="scap", mode="channel"), "weighted": dict(method="scap", score="weighted"),
            "greedy": dict(method="greedy", greedy_loss="kl"),
            "greedy-weighted": dict(method="greedy", score="weighted", greedy_loss="kl"),
-           "greedy-nll": dict(method="greedy", greedy_loss="nll"),
-           "greedy-nll-256": dict(method="greedy", greedy_loss="nll", probe_tokens=256)}
+           "greedy-nll": dict(method="greedy", greedy_loss="nll")}
 BUDGETS = (0.25, 0.4, 0.5, 0.6)
 
 
