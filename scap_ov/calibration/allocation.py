@@ -1,4 +1,4 @@
-"""Greedy allocation of a model-level FC-weight-byte sparsity budget, by measured end-model error.
+"""Greedy allocation of a model-level FC-weight-byte sparsity budget, by measured end-model loss.
 
 Per-layer output error says little about what pruning a layer does to the model's predictions (errors in
 q/k/v, say, are amplified by attention), so this measures the end model instead:
@@ -6,11 +6,13 @@ q/k/v, say, are amplified by attention), so this measures the end model instead:
 1. Groups: FCs reading one kind of input in one range of blocks (e.g. ``qkv`` of blocks 0-9): siblings that
    share an input share a target, so they keep one keep mask and one fused CPU op.
 2. Sensitivity: for a group at a sparsity level, prune only that group (thresholds from the dense
-   histograms, exact since every other FC is dense) and measure the mean KL divergence of the model's next-token
-   distribution from the dense model's on a few calibration windows. Thresholds are inputs of one compiled
-   model (``apply_portable(tunable=True)``), so a measurement is one inference pass, never a recompile.
+   histograms, exact since every other FC is dense) and measure, on a few calibration windows, the increase of
+   the mean next-token loss on their own text (``nll``, the default: what perplexity measures) or the mean KL of
+   the next-token distribution from the dense model's (``kl``; lower KL need not mean lower loss). Thresholds
+   are inputs of one compiled model (``apply_portable(tunable=True)``), so a measurement is one inference pass,
+   never a recompile.
 3. Allocation: treating group costs as additive, raise, step by step, the group whose next level costs the
-   least extra KL per weight byte pruned until the pruned bytes meet the budget. Levels are measured lazily
+   least extra loss per weight byte pruned until the pruned bytes meet the budget. Levels are measured lazily
    (only each group's next one), so a 40% budget over 12 groups takes about 60 probes.
 """
 from __future__ import annotations
