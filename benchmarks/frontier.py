@@ -29,7 +29,9 @@ log = logging.getLogger("scap_ov.frontier")
 # method name in the table -> CalibrationConfig settings
 METHODS = {"teal": dict(method="teal"), "cats": dict(method="cats"), "scap-kde": dict(method="scap", mode="kde"),
            "channel": dict(method="scap", mode="channel"), "weighted": dict(method="scap", score="weighted"),
-           "greedy": dict(method="greedy"), "greedy-weighted": dict(method="greedy", score="weighted")}
+           "greedy": dict(method="greedy", greedy_loss="kl"),
+           "greedy-weighted": dict(method="greedy", score="weighted", greedy_loss="kl"),
+           "greedy-nll": dict(method="greedy", greedy_loss="nll")}
 BUDGETS = (0.25, 0.4, 0.5, 0.6)
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from scap_ov.compression import WEIGHT_FORMATS
-from scap_ov.config import METHODS, SCORES
+from scap_ov.config import AUTO_METHOD, GREEDY_LOSSES, METHODS, SCORES
 from scap_ov.errors import ScapError
 from scap_ov.layers import LAYER_TYPES
 
@@ -49,11 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--score", default="magnitude", choices=SCORES,
                     help="threshold |x - m| (magnitude) or |x_j - m_j| * ||W[:, j]|| (weighted: weight-aware, a "
                          "per-channel tau) (default magnitude)")
-    ex.add_argument("--method", default="scap", choices=METHODS,
+    ex.add_argument("--method", default=AUTO_METHOD, choices=METHODS + (AUTO_METHOD,),
                     help="scap: every FC at its type's target; teal: the same, zero-centred (TEAL-uniform); "
-                         "greedy: the --sparsity budget allocated across layer types and blocks by measured "
-                         "end-model KL; cats: CATS, a threshold on |act(gate)| (gate dense, up rows and down "
-                         "inputs sparse) meeting the --sparsity budget (default scap)")
+                         "greedy: the --sparsity budget allocated across layer types and blocks by the measured "
+                         "end-model loss (--greedy-loss); cats: CATS, a threshold on |act(gate)| (gate dense, up "
+                         "rows and down inputs sparse) meeting the --sparsity budget; auto (default): greedy for "
+                         "a language model with one --sparsity budget, else scap")
+    ex.add_argument("--greedy-loss", default=GREEDY_LOSSES[0], choices=GREEDY_LOSSES,
+                    help="greedy's probe cost: nll, the increase of the next-token loss on the calibration text "
+                         "(default); kl, the next-token KL from the dense model")
     ex.add_argument("--calibration-data", default=None,
                     help="a .txt file, a .json list of strings, or a Hugging Face dataset name (online only); "
                          "default: three packaged Austen novels. Vision models (ViT, DeiT): a folder of images")
@@ -127,7 +131,7 @@ def _export(args) -> int:
 
     config = CalibrationConfig(targets=parse_targets(args.sparsity, dict(args.target)), mode=args.mode,
                                samples=args.samples, seq_len=args.seq_len, refine_passes=args.refine_passes,
-                               method=args.method, score=args.score)
+                               method=args.method, score=args.score, greedy_loss=args.greedy_loss)
     weight_format = None
     if args.weight_format:
         weight_format = WeightFormat(args.weight_format, args.group_size, args.sym).validate()
@@ -143,7 +147,8 @@ def _export(args) -> int:
         by_type.setdefault(fc.layer_type, []).append(fc.target_sparsity)
     targets = ", ".join(f"{t} {sum(v) / len(v):.2f}" for t, v in by_type.items())
     print(f"SCAP model written to {result.output} in {time.time() - started:.0f} s: {len(fcs)} FC layers "
-          f"({targets}), mode {result.artifact.calibration.get('mode', '?')}, {result.weight_format} weights")
+          f"({targets}), method {result.artifact.calibration.get('method', '?')}, "
+          f"mode {result.artifact.calibration.get('mode', '?')}, {result.weight_format} weights")
     print(f"next: scap-ov eval {result.output}")
     return 0
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from scap_ov.errors import ScapError
 from scap_ov.layers import LAYER_TYPES
@@ -10,12 +10,20 @@ from scap_ov.layers import LAYER_TYPES
 # Centre m: zero | median | kde (one scalar per FC, SCAP as published) | channel (per-input-channel median).
 MODES = ("zero", "median", "kde", "channel")
 # scap: every FC at its layer type's target (SCAP as published). teal: the same, zero-centred (TEAL-uniform).
-# greedy: the model-level budget allocated across (shared input, block group) by measured end-model KL.
+# greedy: the model-level budget allocated across (shared input, block group) by measured end-model loss.
 # cats: CATS, a threshold on |act(gate)| only: gate stays dense, up (its rows) and down (its inputs) sparse.
 METHODS = ("scap", "teal", "greedy", "cats")
+# The export default: greedy for a language model with one model-level budget (below TEAL-uniform's perplexity at
+# every budget measured, README "Methods"); scap where greedy does not apply (encoders: no next-token loss;
+# per-type --target values).
+AUTO_METHOD = "auto"
 # What is thresholded: magnitude |x - m|, or weighted |x_j - m_j| * ||W[:, j]|| (weight-aware: a per-channel tau;
 # FCs sharing an input use the norms of their stacked weights, so they keep one mask).
 SCORES = ("magnitude", "weighted")
+# What greedy's probes measure, default first: nll, the increase of the mean next-token loss on the calibration
+# text itself (what perplexity measures); kl, the mean next-token KL from the dense model (lower KL need not mean
+# lower loss: at 25% greedy-kl has 0.6x TEAL's KL and 2x its loss increase, on held-out text too).
+GREEDY_LOSSES = ("nll", "kl")
 DEFAULT_SPARSITY = 0.4
 
 
@@ -46,7 +54,9 @@ class CalibrationConfig:
     method: str = "scap"
     score: str = "magnitude"
     blocks_per_group: int = 10  # greedy: blocks whose FCs reading one kind of input share a target
-    probe_windows: int = 4  # greedy: calibration windows the end-model KL is measured on
+    probe_windows: int = 4  # greedy: calibration windows the end-model loss is measured on
+    probe_tokens: int = 128  # greedy: tokens of each probe window (4 x 256 measured at 40%: no clear gain)
+    greedy_loss: str = GREEDY_LOSSES[0]  # greedy: cost of a group's level
 
     @property
     def budget(self) -> float:
@@ -66,7 +76,7 @@ class CalibrationConfig:
             raise ScapError(f"--refine-passes must lie in [0, 5], got {self.refine_passes}")
         if self.seq_len < 8:
             raise ScapError(f"--seq-len must be >= 8, got {self.seq_len}")
-        if self.method not in METHODS:
+        if self.method not in METHODS + (AUTO_METHOD,):
             raise ScapError(f"unknown method {self.method!r} (choose from {', '.join(METHODS)})")
         if self.score not in SCORES:
             raise ScapError(f"unknown score {self.score!r} (choose from {', '.join(SCORES)})")
@@ -76,6 +86,15 @@ class CalibrationConfig:
         if self.method in ("greedy", "cats") and len(set(self.targets.values())) > 1:
             raise ScapError(f"--method {self.method} meets one model-level --sparsity budget; per-type --target "
                             "values do not apply")
-        if self.blocks_per_group < 1 or self.probe_windows < 1:
-            raise ScapError("blocks per group and probe windows must be >= 1")
+        if self.greedy_loss not in GREEDY_LOSSES:
+            raise ScapError(f"unknown greedy loss {self.greedy_loss!r} (choose from {', '.join(GREEDY_LOSSES)})")
+        if self.blocks_per_group < 1 or self.probe_windows < 1 or self.probe_tokens < 2:
+            raise ScapError("blocks per group and probe windows must be >= 1, probe tokens >= 2")
         return self
+
+    def resolved(self, encoder: bool) -> "CalibrationConfig":
+        """This config with ``auto`` replaced by the method it stands for (see AUTO_METHOD)."""
+        if self.method != AUTO_METHOD:
+            return self
+        per_type = len(set(self.targets.values())) > 1
+        return replace(self, method="scap" if encoder or per_type else "greedy").validate()

@@ -74,6 +74,7 @@ def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: Calibra
         weight_format = weight_format.check_channels(config_fc_channels(assets.resolve_model(model)))
     ir_folder = dense_ir(model)
     is_encoder, is_vision = encoder.is_encoder(ir_folder), vision.is_vision(ir_folder)
+    config = config.resolved(is_encoder or is_vision)
     if is_encoder or is_vision:
         encoder.check_method(config.method, "vision" if is_vision else "encoder")
     if fixed is None and windows is None and is_vision:  # images, as the model's image processor prepares them

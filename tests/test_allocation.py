@@ -6,9 +6,10 @@ import pytest
 from conftest import F32, tiny_block_model
 from scap_ov.artifact import Artifact, FCThreshold
 from scap_ov.calibration import calibrate
-from scap_ov.calibration.allocation import LEVELS, Group, allocate, make_groups
+from scap_ov.calibration.allocation import LEVELS, Group, SensitivityProbe, allocate, make_groups
 from scap_ov.config import CalibrationConfig, parse_targets
 from scap_ov.errors import ScapError
+from scap_ov.evaluation import Evaluator
 from scap_ov.layers import find_fcs
 from scap_ov.transformations.portable import TAU_INPUT_PREFIX, apply_portable
 
@@ -66,7 +67,7 @@ def test_tunable_thresholds_equal_constant_thresholds():
 def test_greedy_calibration_meets_the_byte_budget_and_records_its_curves():
     model = tiny_block_model(blocks=2, vocab=VOCAB)
     config = CalibrationConfig(targets=parse_targets(0.5), samples=6, seq_len=24, method="greedy",
-                               blocks_per_group=1, probe_windows=2, refine_passes=0)
+                               blocks_per_group=1, probe_windows=2, refine_passes=0, greedy_loss="kl")
     artifact = calibrate(model, _windows(), config)
     nbytes = {fc.name: fc.weight.nbytes for fc in find_fcs(model)}
     budget = sum(e.target_sparsity * nbytes[e.name] for e in artifact.fcs) / sum(nbytes.values())
@@ -76,3 +77,30 @@ def test_greedy_calibration_meets_the_byte_budget_and_records_its_curves():
     assert all(g["kl"][1] > 0 for g in groups.values())  # pruning any group moves the output
     assert len({e.target_sparsity for e in artifact.fcs}) > 1  # not uniform
 
+
+
+def test_nll_probe_cost_is_the_increase_of_the_mean_next_token_loss():
+    model = tiny_block_model(blocks=2, vocab=VOCAB)
+    fcs = find_fcs(model)
+    windows = _windows(count=3)
+    probe = SensitivityProbe(model, fcs, {fc.name: 0.02 for fc in fcs}, windows, loss="nll")
+    taus = {fc.name: 0.3 for fc in fcs[:7]}  # block 0 pruned, block 1 dense
+    assert probe.cost({}) == pytest.approx(0.0, abs=1e-6)
+    # Reference: log perplexity of the pruned model minus that of the dense one, on the same windows.
+    pruned = Artifact(fcs=[FCThreshold(fc.name, fc.layer_type, 0.02, taus[fc.name], .5, .5, "zero") for fc in fcs[:7]])
+    log_ppl = [np.log(Evaluator(m).perplexity(windows, progress=False)[0])
+               for m in (model, apply_portable(model.clone(), pruned))]
+    expected = log_ppl[1] - log_ppl[0]
+    assert abs(expected) > 1e-3  # the thresholds really move the loss
+    assert probe.cost(taus) == pytest.approx(expected, rel=1e-3, abs=1e-5)
+    assert SensitivityProbe(model, fcs, {fc.name: 0.02 for fc in fcs}, windows, loss="kl").cost(taus) == \
+        pytest.approx(probe.kl(taus))
+
+
+def test_greedy_nll_loss_records_its_curves_and_an_unknown_loss_is_refused():
+    config = CalibrationConfig(targets=parse_targets(0.5), samples=6, seq_len=24, method="greedy",
+                               blocks_per_group=1, probe_windows=2, refine_passes=0)  # nll: the default
+    allocation = calibrate(tiny_block_model(blocks=2, vocab=VOCAB), _windows(), config).calibration["allocation"]
+    assert allocation["loss"] == "nll" and all(len(g["nll"]) >= 2 for g in allocation["groups"].values())
+    with pytest.raises(ScapError, match=r"unknown greedy loss 'mse' \(choose from nll, kl\)"):
+        CalibrationConfig(greedy_loss="mse").validate()

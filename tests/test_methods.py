@@ -156,7 +156,20 @@ def test_greedy_with_weighted_channel_thresholds_meets_the_budget():
     (dict(method="greedy", targets=parse_targets(0.4, {"down": 0.6})), "per-type --target values do not apply"),
     (dict(method="cats", targets=parse_targets(0.2, {"up": 0.3})), "--method cats meets one model-level"),
     (dict(method="greedy", blocks_per_group=0), "blocks per group and probe windows must be >= 1"),
+    (dict(method="greedy", probe_tokens=1), "probe tokens >= 2"),
 ])
 def test_method_configuration_errors(kwargs, message):
     with pytest.raises(ScapError, match=message.replace("(", r"\(").replace(")", r"\)")):
         CalibrationConfig(**kwargs).validate()
+
+
+
+def test_auto_method_is_greedy_for_one_decoder_budget_and_scap_otherwise():
+    auto = CalibrationConfig(method="auto", targets=parse_targets(0.4)).validate()
+    assert auto.resolved(encoder=False).method == "greedy"
+    assert auto.resolved(encoder=True).method == "scap"  # no next-token loss to allocate by
+    per_type = CalibrationConfig(method="auto", targets=parse_targets(0.4, {"down": 0.6})).validate()
+    assert per_type.resolved(encoder=False).method == "scap"
+    assert CalibrationConfig(method="teal").resolved(encoder=False).method == "teal"
+    with pytest.raises(ScapError, match="needs a resolved method"):
+        calibrate(tiny_block_model(vocab=VOCAB), _windows(), _config(method="auto"))

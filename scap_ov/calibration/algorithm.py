@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from scap_ov.artifact import Artifact, FCThreshold, json_value
 from scap_ov.calibration import statistics
 from scap_ov.calibration.allocation import greedy_targets
-from scap_ov.config import CalibrationConfig
+from scap_ov.config import AUTO_METHOD, CalibrationConfig
 from scap_ov.dataset import calibration_dataset, sample_tokens
 from scap_ov.errors import ScapError
 from scap_ov.layers import FC, gated_input, require_fcs
@@ -159,6 +159,8 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray] | list[dic
     the model pruned with the current thresholds and re-solves tau, keeping the centres.
     """
     config.validate()
+    if config.method == AUTO_METHOD:
+        raise ScapError("calibrate() needs a resolved method: pass CalibrationConfig.resolved(...)")
     fcs = require_fcs(model, layer_patterns)
     input_names = {name for port in model.inputs for name in port.get_names()}
     dataset = calibration_dataset(windows, input_names)
@@ -181,7 +183,7 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray] | list[dic
             targets, info["allocation"] = greedy_targets(
                 model, fcs, lambda fc, level: centres[fc.name].solve(stats[fc.name], level, False)[0],
                 {name: c.mode for name, c in centres.items()}, windows[: config.probe_windows], config.budget,
-                config.blocks_per_group, layer_patterns)
+                config.blocks_per_group, layer_patterns, config.greedy_loss, config.probe_tokens)
         else:
             targets = {fc.name: config.targets[fc.layer_type] for fc in fcs}
             centres = _centres(fcs, stats, config, targets)

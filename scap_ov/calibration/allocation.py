@@ -1,4 +1,4 @@
-"""Greedy allocation of a model-level FC-weight-byte sparsity budget, by measured end-model error.
+"""Greedy allocation of a model-level FC-weight-byte sparsity budget, by measured end-model loss.
 
 Per-layer output error says little about what pruning a layer does to the model's predictions (errors in
 q/k/v, say, are amplified by attention), so this measures the end model instead:
@@ -6,11 +6,13 @@ q/k/v, say, are amplified by attention), so this measures the end model instead:
 1. Groups: FCs reading one kind of input in one range of blocks (e.g. ``qkv`` of blocks 0-9): siblings that
    share an input share a target, so they keep one keep mask and one fused CPU op.
 2. Sensitivity: for a group at a sparsity level, prune only that group (thresholds from the dense
-   histograms, exact since every other FC is dense) and measure the mean KL divergence of the model's next-token
-   distribution from the dense model's on a few calibration windows. Thresholds are inputs of one compiled
-   model (``apply_portable(tunable=True)``), so a measurement is one inference pass, never a recompile.
+   histograms, exact since every other FC is dense) and measure, on a few calibration windows, the increase of
+   the mean next-token loss on their own text (``nll``, the default: what perplexity measures) or the mean KL of
+   the next-token distribution from the dense model's (``kl``; lower KL need not mean lower loss). Thresholds
+   are inputs of one compiled model (``apply_portable(tunable=True)``), so a measurement is one inference pass,
+   never a recompile.
 3. Allocation: treating group costs as additive, raise, step by step, the group whose next level costs the
-   least extra KL per weight byte pruned until the pruned bytes meet the budget. Levels are measured lazily
+   least extra loss per weight byte pruned until the pruned bytes meet the budget. Levels are measured lazily
    (only each group's next one), so a 40% budget over 12 groups takes about 60 probes.
 """
 from __future__ import annotations
@@ -31,7 +33,6 @@ from scap_ov.transformations.portable import TAU_INPUT_PREFIX, apply_portable
 
 log = logging.getLogger("scap_ov")
 LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))  # sparsity levels a group can take
-PROBE_TOKENS = 128  # tokens per probe window: KL over a few hundred tokens ranks groups well enough
 DISABLED_TAU = -1.0  # |x - m| > -1 always: the FC keeps every input
 
 
@@ -59,30 +60,48 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
+def _nll(logp: np.ndarray, window: np.ndarray) -> float:
+    """Summed next-token loss of one window from its [L, V] log-probabilities."""
+    return -float(logp[np.arange(len(window) - 1), window[1:]].sum())
+
+
 class SensitivityProbe:
-    """One compiled copy of the model with every FC's threshold as an input; KL from dense per setting."""
+    """One compiled copy of the model with every FC's threshold as an input; KL from dense per setting, or the
+    increase of the next-token loss on the windows' own text (``nll``)."""
 
     def __init__(self, model: ov.Model, fcs: list[FC], modes: dict[str, float | np.ndarray], windows: np.ndarray,
-                 layer_patterns: dict[str, str] | None = None, tau_shapes: dict[str, tuple] | None = None):
+                 layer_patterns: dict[str, str] | None = None, tau_shapes: dict[str, tuple] | None = None,
+                 loss: str = "kl"):
         self.tau_shapes = {fc.name: (tau_shapes or {}).get(fc.name, ()) for fc in fcs}
         entries = [FCThreshold(fc.name, fc.layer_type, json_value(modes[fc.name]),
                                json_value(np.zeros(self.tau_shapes[fc.name])), 0.0, 0.0, "probe") for fc in fcs]
         self.evaluator = Evaluator(apply_portable(model.clone(), Artifact(fcs=entries), layer_patterns, tunable=True))
         self.fcs = fcs
         self.windows = windows
+        self.loss = loss
         self.set_taus({})
         # Per window: dense probabilities p and sum(p log p), so a probe costs one log-softmax, not two.
         self.reference = []
+        self.dense_nll = 0.0
         for w in windows:
             logp = _log_softmax(self.evaluator.forward(w)[0])
             p = np.exp(logp)
             self.reference.append((p, float((p * logp).sum())))
+            self.dense_nll += _nll(logp, w)
 
     def set_taus(self, taus: dict[str, float | np.ndarray]) -> None:
         for fc in self.fcs:
             tau = np.asarray(taus.get(fc.name, DISABLED_TAU), dtype=np.float32)
             tau = np.broadcast_to(tau, self.tau_shapes[fc.name]).copy()
             self.evaluator.request.set_tensor(TAU_INPUT_PREFIX + fc.name, ov.Tensor(tau))
+
+    def cost(self, taus: dict[str, float | np.ndarray]) -> float:
+        """The allocation's cost of ``taus``: ``kl``, or ``nll`` (mean next-token loss increase per token)."""
+        if self.loss == "kl":
+            return self.kl(taus)
+        self.set_taus(taus)
+        pruned = sum(_nll(_log_softmax(self.evaluator.forward(w)[0]), w) for w in self.windows)
+        return (pruned - self.dense_nll) / sum(len(w) - 1 for w in self.windows)
 
     def kl(self, taus: dict[str, float]) -> float:
         """Mean per-token KL(dense || pruned) with ``taus`` (FCs not named stay dense)."""
@@ -127,25 +146,25 @@ def allocate(groups: list[Group], budget: float, cost: Callable[[Group, float], 
 
 def greedy_targets(model: ov.Model, fcs: list[FC], tau_at: Callable[[FC, float], float | np.ndarray],
                    modes: dict[str, float | np.ndarray], windows: np.ndarray, budget: float, blocks_per_group: int,
-                   layer_patterns: dict[str, str] | None = None) -> tuple[dict[str, float], dict]:
+                   layer_patterns: dict[str, str] | None, loss: str, probe_tokens: int) -> tuple[dict[str, float], dict]:
     """Per-FC targets meeting ``budget`` and a report (group curves and targets) for the artifact.
 
     ``tau_at(fc, level)``: the FC's threshold (scalar or per channel) for sparsity ``level`` on the dense model.
     """
     groups = make_groups(fcs, blocks_per_group)
     shapes = {fc.name: np.shape(tau_at(fc, LEVELS[0])) for fc in fcs}
-    probe = SensitivityProbe(model, fcs, modes, windows[:, :PROBE_TOKENS], layer_patterns, shapes)
+    probe = SensitivityProbe(model, fcs, modes, windows[:, :probe_tokens], layer_patterns, shapes, loss)
     progress = tqdm(desc="Allocation probes", unit="probe", leave=False)
 
     def cost(group: Group, level: float) -> float:
         progress.update()
-        return probe.kl({fc.name: tau_at(fc, level) for fc in group.fcs})
+        return probe.cost({fc.name: tau_at(fc, level) for fc in group.fcs})
 
     targets = allocate(groups, budget, cost)
     progress.close()
     log.info("greedy allocation (%d probes): %s", progress.n,
              ", ".join(f"{name} {t:.1f}" for name, t in targets.items()))
     per_fc = {fc.name: targets[g.name] for g in groups for fc in g.fcs}
-    report = {"levels": [0.0, *LEVELS], "probes": progress.n,
-              "groups": {g.name: {"kl": [round(c, 6) for c in g.costs], "target": targets[g.name]} for g in groups}}
+    report = {"levels": [0.0, *LEVELS], "probes": progress.n, "loss": loss,
+              "groups": {g.name: {loss: [round(c, 6) for c in g.costs], "target": targets[g.name]} for g in groups}}
     return per_fc, report
