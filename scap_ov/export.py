@@ -67,31 +67,35 @@ def convert_from_torch(hf_folder: Path, out: Path) -> Path:
     return out
 
 
+@contextmanager
+def class_attribute_patch(attribute: str, values: dict[type, object]):
+    """While inside, each class in ``values`` has ``attribute`` set to its value; on exit the class's own value
+    (or its absence, so inheritance applies again) is restored."""
+    saved = {cls: cls.__dict__.get(attribute) for cls in values}
+    for cls, value in values.items():
+        setattr(cls, attribute, value)
+    try:
+        yield
+    finally:
+        for cls, value in saved.items():
+            if value is None:
+                delattr(cls, attribute)
+            else:
+                setattr(cls, attribute, value)
+
+
 # optimum-intel 2.2 refuses gemma3_text under transformers > 5.0, a cap its Gemma3 text config inherits from
 # Gemma v1's; the export itself is exact under the installed transformers (tests/test_gemma3.py compares the IR's
 # logits with torch's), so the cap is raised for the duration of an export.
 _EXPORT_CAPS = {"Gemma3TextOpenVINOConfig": "5.5.99"}
 
 
-@contextmanager
 def raised_export_caps():
     """optimum-intel export configs in ``_EXPORT_CAPS`` accept the installed transformers while inside."""
     from optimum.exporters.openvino import model_configs
 
-    saved = {}
-    for name, cap in _EXPORT_CAPS.items():
-        cls = getattr(model_configs, name, None)
-        if cls is not None:
-            saved[cls] = cls.__dict__.get("MAX_TRANSFORMERS_VERSION")
-            cls.MAX_TRANSFORMERS_VERSION = cap
-    try:
-        yield
-    finally:
-        for cls, value in saved.items():
-            if value is None:
-                del cls.MAX_TRANSFORMERS_VERSION
-            else:
-                cls.MAX_TRANSFORMERS_VERSION = value
+    caps = {getattr(model_configs, name): cap for name, cap in _EXPORT_CAPS.items() if hasattr(model_configs, name)}
+    return class_attribute_patch("MAX_TRANSFORMERS_VERSION", caps)
 
 
 @contextmanager

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 from scap_ov.errors import ScapError
+from scap_ov.fsutil import atomic_output_dir
 
 def _expert_module(experts, e: int):
     import torch.nn as nn
@@ -85,7 +84,6 @@ def _per_expert_patcher(base, experts_cls):
     return PerExpertPatcher
 
 
-@contextmanager
 def per_expert_export():
     """While inside, optimum-intel exports the experts of MOE_EXPORTS models as one FC per expert and layer type
     (see module doc)."""
@@ -93,22 +91,15 @@ def per_expert_export():
 
     from optimum.exporters.openvino import model_configs
 
-    saved = {}
+    from scap_ov.export import class_attribute_patch
+
+    patchers = {}
     for config_name, (module, class_name) in MOE_EXPORTS.items():
         config_cls = getattr(model_configs, config_name, None)
         experts_cls = getattr(importlib.import_module(module), class_name, None)
-        if config_cls is None or experts_cls is None:
-            continue
-        saved[config_cls] = config_cls.__dict__.get("_MODEL_PATCHER")
-        config_cls._MODEL_PATCHER = _per_expert_patcher(config_cls._MODEL_PATCHER, experts_cls)
-    try:
-        yield
-    finally:
-        for config_cls, patcher in saved.items():
-            if patcher is None:
-                del config_cls._MODEL_PATCHER
-            else:
-                config_cls._MODEL_PATCHER = patcher
+        if config_cls is not None and experts_cls is not None:
+            patchers[config_cls] = _per_expert_patcher(config_cls._MODEL_PATCHER, experts_cls)
+    return class_attribute_patch("_MODEL_PATCHER", patchers)
 
 
 # ---------------------------------------------------------------------------------------------- upcycling
@@ -154,19 +145,11 @@ def upcycle(dense_folder: Path, out: Path, experts: int) -> Path:
     if unexpected or set(missing) - {"lm_head.weight"}:
         raise ScapError(f"upcycling {dense_folder}: unexpected {unexpected}, missing {missing}")
     moe.tie_weights()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with atomic_output_dir(out, overwrite=True) as tmp:
         moe.save_pretrained(tmp)
         for name in _TOKENIZER_FILES:
             if (dense_folder / name).is_file():
                 shutil.copy2(dense_folder / name, tmp / name)
         (tmp / "scap_ov_source.json").write_text(json.dumps({"upcycled_from": str(dense_folder),
                                                              "experts": experts}))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
