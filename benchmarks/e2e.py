@@ -39,7 +39,7 @@ import openvino as ov
 from scap_ov import assets
 from scap_ov.artifact import ARTIFACT_NAME, Artifact
 from scap_ov.compression import WeightFormat
-from scap_ov.config import CalibrationConfig, parse_targets
+from scap_ov.config import AUTO_METHOD, METHODS, CalibrationConfig, parse_targets
 from scap_ov.export import dense_ir, is_ir_folder
 from scap_ov.fsutil import atomic_output_dir
 from scap_ov.pipeline import evaluate_folder, export_dense, export_scap
@@ -85,9 +85,13 @@ class Variant:
         self.ppl_dense = self.ppl_scap = None
 
     @cached_property
+    def calibration(self) -> dict:
+        return Artifact.load(self.scap / ARTIFACT_NAME).calibration
+
+    @property
     def weight_format(self) -> str:
         """The stored FC weight format the SCAP export recorded, e.g. int4_sym_g64."""
-        return Artifact.load(self.scap / ARTIFACT_NAME).calibration.get("weight_format", self.fmt)
+        return self.calibration.get("weight_format", self.fmt)
 
 
 def prepare(args, model: str, fmt: str, sparsities: list[float]) -> list[Variant]:
@@ -104,13 +108,18 @@ def prepare(args, model: str, fmt: str, sparsities: list[float]) -> list[Variant
     variants = []
     for sparsity in sparsities:
         samples, seq_len = (4, 64) if model == SLICE else (args.samples, 256)
-        scap = work / f"{tag}{fmt}-scap{sparsity:g}-{samples}x{seq_len}"
+        # the slice: uniform thresholds at the target on its own inputs; SmolLM2: the export's method (default
+        # auto = greedy allocation, what `scap-ov export` gives a user)
+        method = "scap" if model == SLICE else args.method
+        mtag = "" if method == "scap" else f"{method}-"
+        scap = work / f"{tag}{fmt}-{mtag}scap{sparsity:g}-{samples}x{seq_len}"
         if not is_ir_folder(scap):
             log.info("SCAP %s %s at %.2f", model, fmt, sparsity)
             windows = None
             if model == SLICE:  # random token ids: the slice's "own inputs"
                 windows = np.random.default_rng(0).integers(3, SLICE_VOCAB, (samples, seq_len), dtype=np.int64)
-            config = CalibrationConfig(targets=parse_targets(sparsity), samples=samples, seq_len=seq_len)
+            config = CalibrationConfig(targets=parse_targets(sparsity), samples=samples, seq_len=seq_len,
+                                       method=method)
             export_scap(scap, str(dense), config, overwrite=True, windows=windows)
         variants.append(Variant(model, fmt, sparsity, dense, scap))
     return variants
@@ -180,7 +189,7 @@ def measure(variant: Variant, runtime: str, args, prompt: np.ndarray) -> dict:
     tpot = {k: statistics.median(s[1] for s in v) for k, v in samples.items()}
     return {
         "model": variant.model, "weight_format": variant.weight_format, "runtime": runtime,
-        "sparsity": variant.sparsity,
+        "sparsity": variant.sparsity, "method": variant.calibration.get("method"),
         "dense_tok_s": 1000 / tpot["dense"], "scap_tok_s": 1000 / tpot["scap"],
         "speedup": tpot["dense"] / tpot["scap"],
         "dense_prefill_ms": ttft["dense"], "scap_prefill_ms": ttft["scap"],
@@ -227,13 +236,14 @@ def plot(result: dict, png: Path) -> None:
 
 def table(result: dict) -> str:
     """The README's end-to-end table (markdown) from a result JSON."""
-    lines = ["| model | weights | sparsity | runtime | dense tok/s | SCAP tok/s | decode speedup | prefill SCAP/dense "
+    lines = ["| model | weights | sparsity (method) | runtime | dense tok/s | SCAP tok/s | decode speedup | prefill SCAP/dense "
              "| ppl dense → SCAP |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["records"]:
         ppl = "random weights" if r["ppl_dense"] is None else (
             f"{r['ppl_dense']:.2f} → {r['ppl_scap']:.2f} ({r['ppl_ratio']:.3f}×)"
             + (" ≤5% point" if r.get("ppl_within_5pct_point") else ""))
-        lines.append(f"| {r['model']} | {r['weight_format']} | {r['sparsity']:g} | {r['runtime']} | "
+        method = f" ({r['method']})" if r.get("method") else ""
+        lines.append(f"| {r['model']} | {r['weight_format']} | {r['sparsity']:g}{method} | {r['runtime']} | "
                      f"{r['dense_tok_s']:.1f} | {r['scap_tok_s']:.1f} | {r['speedup']:.2f}× | "
                      f"{r['prefill_ratio']:.2f} | {ppl} |")
     return "\n".join(lines)
@@ -249,6 +259,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sparsities", nargs="*", type=float, default=None, help="SmolLM2 sweep")
     ap.add_argument("--models", nargs="*", choices=[SMOLLM, SLICE], default=[SMOLLM, SLICE])
     ap.add_argument("--slice-layers", type=int, default=None)
+    ap.add_argument("--method", default=AUTO_METHOD, choices=METHODS + (AUTO_METHOD,),
+                    help="SmolLM2 calibration method (default: the export default)")
     ap.add_argument("--samples", type=int, default=16, help="SmolLM2 calibration windows of 256 tokens")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--prompt-tokens", type=int, default=128)

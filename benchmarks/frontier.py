@@ -31,7 +31,11 @@ METHODS = {"teal": dict(method="teal"), "cats": dict(method="cats"), "scap-kde":
            "channel": dict(method="scap", mode="channel"), "weighted": dict(method="scap", score="weighted"),
            "greedy": dict(method="greedy", greedy_loss="kl"),
            "greedy-weighted": dict(method="greedy", score="weighted", greedy_loss="kl"),
-           "greedy-nll": dict(method="greedy", greedy_loss="nll")}
+           "greedy-nll": dict(method="greedy", greedy_loss="nll"),
+           # with the least-squares weight correction (--weight-correction)
+           "teal-ls": dict(method="teal", weight_correction=True),
+           "greedy-ls": dict(method="greedy", greedy_loss="kl", weight_correction=True),
+           "greedy-nll-ls": dict(method="greedy", greedy_loss="nll", weight_correction=True)}
 BUDGETS = (0.25, 0.4, 0.5, 0.6)
 
 

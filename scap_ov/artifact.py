@@ -1,4 +1,5 @@
-"""The calibration artifact: a versioned JSON with, per FC, its mode, threshold and sparsity figures.
+"""The calibration artifact: a versioned JSON with, per FC, its mode, threshold and sparsity figures, and
+(with ``--weight-correction``) a sidecar ``.npz`` of per-FC weight corrections.
 
 Re-running the transformation from the same artifact reproduces the IR bit for bit, so everything the
 transformation needs is stored here, and nothing it does depends on anything else.
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from scap_ov.fsutil import atomic_file
 from scap_ov.layers import LAYER_TYPES
 
 SCHEMA = "scap-ov/calibration"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # thresholds only
+CORRECTED_SCHEMA_VERSION = 2  # plus weight corrections in a sidecar file (older readers would silently drop them)
 ARTIFACT_NAME = "scap_calibration.json"  # its file name in an exported model folder
 
 
@@ -62,26 +64,44 @@ class Artifact:
     calibration: dict[str, Any] = field(default_factory=dict)  # data, samples, seq_len, tokens, mode, targets
     schema: str = SCHEMA
     version: int = SCHEMA_VERSION
+    # FC name -> float16 [OC, IC] added to the FC's float weights (scap_ov.calibration.correction); saved beside
+    # the JSON (corrections_path), never inside it
+    corrections: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     def by_name(self) -> dict[str, FCThreshold]:
         return {fc.name: fc for fc in self.fcs}
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1)
+    def to_json(self, corrections_file: str | None = None) -> str:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "corrections"}
+        data["fcs"] = [asdict(fc) for fc in self.fcs]
+        if self.corrections:
+            data["version"] = CORRECTED_SCHEMA_VERSION
+            data["corrections"] = corrections_file
+        return json.dumps(data, indent=1)
+
+    @staticmethod
+    def corrections_path(path: Path) -> Path:
+        """Where the weight corrections of the artifact at ``path`` live: scap_calibration.corrections.npz."""
+        path = Path(path)
+        return path.with_name(path.stem + ".corrections.npz")
 
     def save(self, path: Path) -> Path:
         path = Path(path)
+        if self.corrections:
+            side = self.corrections_path(path)
+            with atomic_file(side) as tmp, open(tmp, "wb") as f:
+                np.savez(f, **self.corrections)
         with atomic_file(path) as tmp:
-            tmp.write_text(self.to_json())
+            tmp.write_text(self.to_json(self.corrections_path(path).name if self.corrections else None))
         return path
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "artifact") -> "Artifact":
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise ScapError(f"{source} is not a scap-ov calibration artifact (schema != {SCHEMA!r})")
-        if data.get("version") != SCHEMA_VERSION:
+        if data.get("version") not in (SCHEMA_VERSION, CORRECTED_SCHEMA_VERSION):
             raise ScapError(f"{source} has artifact schema version {data.get('version')!r}; "
-                            f"this scap-ov reads version {SCHEMA_VERSION}")
+                            f"this scap-ov reads versions {SCHEMA_VERSION} and {CORRECTED_SCHEMA_VERSION}")
         entries = data.get("fcs")
         if not isinstance(entries, list) or not entries:
             raise ScapError(f"{source} lists no FC layers")
@@ -95,7 +115,8 @@ class Artifact:
         names = [fc.name for fc in fcs]
         if len(set(names)) != len(names):
             raise ScapError(f"{source}: duplicate FC names")
-        return cls(fcs=fcs, model=data.get("model", ""), calibration=data.get("calibration", {}))
+        return cls(fcs=fcs, model=data.get("model", ""), calibration=data.get("calibration", {}),
+                   version=data["version"])
 
     @classmethod
     def load(cls, path: Path) -> "Artifact":
@@ -106,4 +127,28 @@ class Artifact:
             raise ScapError(f"artifact {path} does not exist") from exc
         except (OSError, ValueError) as exc:
             raise ScapError(f"artifact {path} is not valid JSON ({exc})") from exc
-        return cls.from_dict(data, source=str(path))
+        artifact = cls.from_dict(data, source=str(path))
+        if data.get("corrections"):
+            artifact.corrections = _load_corrections(path.parent / str(data["corrections"]), artifact, str(path))
+        return artifact
+
+
+def _load_corrections(side: Path, artifact: Artifact, source: str) -> dict[str, np.ndarray]:
+    if side.name != Artifact.corrections_path(Path(source)).name:
+        raise ScapError(f"{source} names weight corrections {side.name!r}; expected "
+                        f"{Artifact.corrections_path(Path(source)).name!r} beside it")
+    try:
+        with np.load(side, allow_pickle=False) as npz:
+            corrections = {name: npz[name] for name in npz.files}
+    except FileNotFoundError:
+        raise ScapError(f"{source} has weight corrections in {side}, which does not exist: copy it with the "
+                        "artifact") from None
+    except (OSError, ValueError) as exc:
+        raise ScapError(f"weight corrections {side} are unreadable ({exc})") from None
+    names = artifact.by_name()
+    for name, value in corrections.items():
+        if name not in names:
+            raise ScapError(f"weight corrections {side} name {name!r}, an FC the artifact does not list")
+        if value.ndim != 2 or value.dtype != np.float16 or not np.all(np.isfinite(value)):
+            raise ScapError(f"weight correction of {name} in {side} must be a finite float16 [OC, IC] array")
+    return corrections

@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--greedy-loss", default=GREEDY_LOSSES[0], choices=GREEDY_LOSSES,
                     help="greedy's probe cost: nll, the increase of the next-token loss on the calibration text "
                          "(default); kl, the next-token KL from the dense model")
+    ex.add_argument("--weight-correction", action="store_true",
+                    help="least-squares weight correction: fit each FC's float weights so its kept inputs stand in "
+                         "for the pruned ones (same bytes read at decode; float weights only)")
+    ex.add_argument("--correction-damping", type=float, default=1.0,
+                    help="ridge of the weight correction, in units of the mean kept-input energy (default 1)")
     ex.add_argument("--calibration-data", default=None,
                     help="a .txt file, a .json list of strings, or a Hugging Face dataset name (online only); "
                          "default: three packaged Austen novels. Vision models (ViT, DeiT): a folder of images")
@@ -131,7 +136,8 @@ def _export(args) -> int:
 
     config = CalibrationConfig(targets=parse_targets(args.sparsity, dict(args.target)), mode=args.mode,
                                samples=args.samples, seq_len=args.seq_len, refine_passes=args.refine_passes,
-                               method=args.method, score=args.score, greedy_loss=args.greedy_loss)
+                               method=args.method, score=args.score, greedy_loss=args.greedy_loss,
+                               weight_correction=args.weight_correction, correction_damping=args.correction_damping)
     weight_format = None
     if args.weight_format:
         weight_format = WeightFormat(args.weight_format, args.group_size, args.sym).validate()

@@ -57,6 +57,8 @@ class CalibrationConfig:
     probe_windows: int = 4  # greedy: calibration windows the end-model loss is measured on
     probe_tokens: int = 128  # greedy: tokens of each probe window (4 x 256 measured at 40%: no clear gain)
     greedy_loss: str = GREEDY_LOSSES[0]  # greedy: cost of a group's level
+    weight_correction: bool = False  # least-squares weight correction (scap_ov.calibration.correction)
+    correction_damping: float = 1.0  # its ridge, in units of the mean kept-input energy
 
     @property
     def budget(self) -> float:
@@ -88,6 +90,12 @@ class CalibrationConfig:
                             "values do not apply")
         if self.greedy_loss not in GREEDY_LOSSES:
             raise ScapError(f"unknown greedy loss {self.greedy_loss!r} (choose from {', '.join(GREEDY_LOSSES)})")
+        if not (isinstance(self.correction_damping, (int, float)) and math.isfinite(self.correction_damping)
+                and self.correction_damping > 0):
+            raise ScapError(f"--correction-damping must be a finite number > 0, got {self.correction_damping!r}")
+        if self.weight_correction and self.method == "cats":
+            raise ScapError("--weight-correction corrects the FCs SCAP prunes the inputs of; CATS prunes act(gate) "
+                            "inside the MLP instead: use another --method")
         if self.blocks_per_group < 1 or self.probe_windows < 1 or self.probe_tokens < 2:
             raise ScapError("blocks per group and probe windows must be >= 1, probe tokens >= 2")
         return self

@@ -64,6 +64,9 @@ def export_scap(output: Path, model: str = assets.DEFAULT_MODEL, config: Calibra
     folder of images."""
     config = (config or CalibrationConfig()).validate()
     weight_format = weight_format.validate() if weight_format else None
+    if config.weight_correction and weight_format and weight_format.compressed:
+        raise ScapError(f"--weight-correction rewrites float weights; it cannot be combined with --weight-format "
+                        f"{weight_format.name} (export fp32 or fp16)")
     output = Path(output)
     check_output_dir(output, overwrite)  # fail before any long work
     fixed = Artifact.load(artifact) if artifact else None

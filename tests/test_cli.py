@@ -23,6 +23,9 @@ FAST_FAILURES = [
     (["--weight-format", "fp16", "--sym"], "--sym applies to int8 and int4 weights, not fp16"),
     (["--sym"], "--group-size and --sym need --weight-format int8 or int4"),
     (["--weight-format", "int4", "--group-size", "0"], "--group-size must be -1 (per output channel) or >= 2"),
+    (["--weight-correction", "--weight-format", "int8"], "cannot be combined with --weight-format int8"),
+    (["--weight-correction", "--correction-damping", "0"], "--correction-damping must be a finite number > 0"),
+    (["--weight-correction", "--method", "cats"], "CATS prunes act(gate)"),
     # checked against the packaged model's config before the (cached) optimum export and calibration
     (["--weight-format", "int4", "--group-size", "128"],
      "--group-size 128 does not divide the FC input channels 576; 64 divides all of them"),

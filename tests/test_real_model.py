@@ -129,6 +129,20 @@ def test_rerun_from_artifact_reproduces_the_ir_bit_for_bit(tmp_path, scap_folder
         assert (out / name).read_bytes() == (scap_folder / name).read_bytes(), name
 
 
+def test_weight_corrected_export_rebuilds_bit_for_bit_from_its_artifact_and_sidecar(tmp_path):
+    first, again = tmp_path / "corrected", tmp_path / "again"
+    assert main(["export", "--output", str(first), "--method", "teal", "--sparsity", "0.4", "--samples", "4",
+                 "--weight-correction"]) == 0
+    artifact = json.loads((first / ARTIFACT_NAME).read_text())
+    assert artifact["version"] == 2 and artifact["calibration"]["weight_correction"] == {"damping": 1.0}
+    assert (first / artifact["corrections"]).is_file()
+    assert main(["export", "--output", str(again), "--artifact", str(first / ARTIFACT_NAME)]) == 0
+    for name in (IR_XML, "openvino_model.bin", PORTABLE_XML, "openvino_model_portable.bin", ARTIFACT_NAME,
+                 artifact["corrections"]):
+        assert (again / name).read_bytes() == (first / name).read_bytes(), name
+    assert _fused_fcs(first) == 210
+
+
 @pytest.mark.parametrize("content, message", [
     ("", "calibration text is empty"),
     ("Too short to calibrate.", "fewer than one window of 256"),

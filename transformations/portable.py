@@ -71,6 +71,24 @@ def insert_pruning(fc: FC, mode: np.ndarray, tau: np.ndarray | ov.Node, cats: bo
         consumer.replace_source_output(bias.output(0))
 
 
+def correct_weights(fc: FC, correction: np.ndarray) -> None:
+    """Replace the FC's float weight constant by W + correction (artifact weight corrections), in the same
+    element type and layout. Called after ``insert_pruning``: the folded bias stays W m of the original W."""
+    chain = fc.weight
+    if chain.compressed:
+        raise ScapError(f"the artifact has a weight correction for {fc.name}, whose weights are "
+                        f"{chain.format_name()}: corrections apply to float weights (export --weight-correction "
+                        "with fp32 or fp16 weights)")
+    if correction.shape != (fc.out_features, fc.in_features):
+        raise ScapError(f"the weight correction of {fc.name} is {list(correction.shape)}; the FC's weights are "
+                        f"[{fc.out_features}, {fc.in_features}] (artifact from another model?)")
+    w = chain.dense() + correction.astype(np.float32)  # [OC, IC]
+    if not chain.transpose_b:
+        w = np.ascontiguousarray(w.T)
+    new = ops.constant(w, chain.element_type, name=chain.weight.get_friendly_name())
+    chain.weight.output(0).replace(new.output(0))
+
+
 class InsertSCAPPruning(ModelPass):
     """Rewire every FC named in the artifact through centering + pruning, and fold W m into a bias."""
 
@@ -97,6 +115,8 @@ class InsertSCAPPruning(ModelPass):
                 tau.output(0).get_tensor().set_names({TAU_INPUT_PREFIX + fc.name})
                 model.add_parameters([tau])
             insert_pruning(fc, _as_f32(entry.mode, fc.in_features, "mode", fc), tau, entry.method == CATS_METHOD)
+            if entry.name in self.artifact.corrections:
+                correct_weights(fc, self.artifact.corrections[entry.name])
         model.set_rt_info(str(len(self.artifact.fcs)), [RT_INFO_KEY, "fc_count"])
         model.set_rt_info(str(self.artifact.version), [RT_INFO_KEY, "artifact_version"])
         model.validate_nodes_and_infer_types()

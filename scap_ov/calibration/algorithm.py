@@ -16,9 +16,10 @@ import numpy as np
 import openvino as ov
 from tqdm.auto import tqdm
 
-from scap_ov.artifact import Artifact, FCThreshold, json_value
+from scap_ov.artifact import CORRECTED_SCHEMA_VERSION, Artifact, FCThreshold, json_value
 from scap_ov.calibration import statistics
 from scap_ov.calibration.allocation import greedy_targets
+from scap_ov.calibration.correction import check_correctable, weight_corrections
 from scap_ov.config import AUTO_METHOD, CalibrationConfig
 from scap_ov.dataset import calibration_dataset, sample_tokens
 from scap_ov.errors import ScapError
@@ -162,6 +163,8 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray] | list[dic
     if config.method == AUTO_METHOD:
         raise ScapError("calibrate() needs a resolved method: pass CalibrationConfig.resolved(...)")
     fcs = require_fcs(model, layer_patterns)
+    if config.weight_correction:
+        check_correctable(fcs)
     input_names = {name for port in model.inputs for name in port.get_names()}
     dataset = calibration_dataset(windows, input_names)
     # [N, L] windows, N ragged sequences (encoder sentences), or N mappings of named inputs (images: no tokens)
@@ -189,10 +192,31 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray] | list[dic
             centres = _centres(fcs, stats, config, targets)
     method = CATS_METHOD if config.method == "cats" else config.mode
     entries = _thresholds(fcs, stats, targets, centres, method, score_histogram=False)
-    for _ in range(config.refine_passes):
-        pruned = apply_portable(model.clone(), Artifact(fcs=entries), layer_patterns)
+
+    def refine(entries: list[FCThreshold], corrections: dict) -> list[FCThreshold]:
+        pruned = apply_portable(model.clone(), Artifact(fcs=entries, corrections=corrections), layer_patterns)
         observed = {fc.name: fc.node_name + CENTERED_SUFFIX for fc in fcs}
         scores = {name: c.score() for name, c in centres.items() if c.scored}
         stats = statistics.collect(pruned, observed, dataset, len(windows), reservoir_rows=0, scores=scores)
-        entries = _thresholds(fcs, stats, targets, centres, method, score_histogram=True)
-    return Artifact(fcs=entries, model=model_id, calibration=info)
+        return _thresholds(fcs, stats, targets, centres, method, score_histogram=True)
+
+    def correct(entries: list[FCThreshold], corrections: dict) -> dict:
+        pruned = apply_portable(model.clone(), Artifact(fcs=entries, corrections=corrections), layer_patterns)
+        fitted = weight_corrections(pruned, fcs, entries, dataset, len(windows), config.correction_damping)
+        return {name: c.astype(np.float16) for name, c in fitted.items()}
+
+    for _ in range(config.refine_passes):
+        entries = refine(entries, {})
+    corrections = {}
+    if config.weight_correction:
+        # Corrected FCs give later layers slightly larger inputs, which keep more: fit, re-solve tau in the
+        # corrected model, and fit again on the final thresholds (with the first fit upstream).
+        info["weight_correction"] = {"damping": config.correction_damping}
+        corrections = correct(entries, {})
+        if config.refine_passes:
+            entries = refine(entries, corrections)
+            corrections = correct(entries, corrections)
+    artifact = Artifact(fcs=entries, model=model_id, calibration=info, corrections=corrections)
+    if corrections:
+        artifact.version = CORRECTED_SCHEMA_VERSION
+    return artifact

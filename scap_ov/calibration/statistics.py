@@ -11,6 +11,7 @@ channel (``Score``): thresholds of per-channel modes and weight-aware thresholds
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import nncf
 import numpy as np
@@ -27,6 +28,7 @@ from scap_ov.calibration.histogram import SignedLogHistogram
 ALGORITHM_KEY = "SCAP"
 HISTOGRAM_BRANCH = "histogram"
 RESERVOIR_BRANCH = "reservoir"
+CUSTOM_BRANCH = "custom"
 RESERVOIR_ROWS = 256
 
 
@@ -107,6 +109,22 @@ class InputStatistics:
     rows: np.ndarray  # [R, IC] sampled token rows
 
 
+def _point(where: str | tuple[str, int]) -> OVTargetPoint:
+    node_name, port = (where, 0) if isinstance(where, str) else where
+    return OVTargetPoint(TargetType.PRE_LAYER_OPERATION, node_name, port)
+
+
+def _run(model: ov.Model, collectors: dict[str, tuple[str | tuple[str, int], TensorCollector]],
+         dataset: nncf.Dataset, subset_size: int) -> None:
+    container = StatisticPointsContainer()
+    for where, collector in collectors.values():
+        container.add_statistic_point(StatisticPoint(_point(where), collector, ALGORITHM_KEY))
+    aggregator = OVStatisticsAggregator(dataset)
+    aggregator.stat_subset_size = subset_size
+    aggregator.register_statistic_points(container)
+    aggregator.collect_statistics(model, build_graph(model))
+
+
 def collect(model: ov.Model, observed: dict[str, str | tuple[str, int]], dataset: nncf.Dataset, subset_size: int,
             reservoir_rows: int = RESERVOIR_ROWS, scores: dict[str, Score] | None = None) -> dict[str, InputStatistics]:
     """Run ``model`` over ``dataset`` and return statistics per key of ``observed``.
@@ -114,23 +132,31 @@ def collect(model: ov.Model, observed: dict[str, str | tuple[str, int]], dataset
     ``observed`` maps a key (FC name) to the node whose input to watch: a name (input 0) or (name, port).
     ``scores`` (per key, optional): histogram that score of the input instead of the input itself.
     """
-    container, collectors = StatisticPointsContainer(), {}
+    collectors = {}
     for key, where in observed.items():
-        node_name, port = (where, 0) if isinstance(where, str) else where
-        collector = collectors[key] = TensorCollector()
+        collector = TensorCollector()
         reducer = RawReducer()
         collector.register_statistic_branch(HISTOGRAM_BRANCH, reducer, HistogramAggregator((scores or {}).get(key)))
         if reservoir_rows:
             collector.register_statistic_branch(RESERVOIR_BRANCH, reducer, ReservoirAggregator(reservoir_rows))
-        point = OVTargetPoint(TargetType.PRE_LAYER_OPERATION, node_name, port)
-        container.add_statistic_point(StatisticPoint(point, collector, ALGORITHM_KEY))
-    aggregator = OVStatisticsAggregator(dataset)
-    aggregator.stat_subset_size = subset_size
-    aggregator.register_statistic_points(container)
-    aggregator.collect_statistics(model, build_graph(model))
+        collectors[key] = (where, collector)
+    _run(model, collectors, dataset, subset_size)
     out = {}
-    for key, collector in collectors.items():
+    for key, (_, collector) in collectors.items():
         stats = collector.get_statistics()
         rows = stats.get(RESERVOIR_BRANCH)
         out[key] = InputStatistics(stats[HISTOGRAM_BRANCH], rows if rows is not None else np.empty((0, 0), np.float32))
     return out
+
+
+def collect_with(model: ov.Model, observed: dict[str, str | tuple[str, int]], dataset: nncf.Dataset,
+                 subset_size: int, make_aggregator: Callable[[str], AggregatorBase]) -> dict[str, Any]:
+    """Like ``collect``, with one aggregator of the caller's per key (``make_aggregator(key)``) on the raw
+    input; returns what each aggregator aggregates to."""
+    collectors = {}
+    for key, where in observed.items():
+        collector = TensorCollector()
+        collector.register_statistic_branch(CUSTOM_BRANCH, RawReducer(), make_aggregator(key))
+        collectors[key] = (where, collector)
+    _run(model, collectors, dataset, subset_size)
+    return {key: collector.get_statistics()[CUSTOM_BRANCH] for key, (_, collector) in collectors.items()}
