@@ -71,11 +71,16 @@ class Artifact:
     def by_name(self) -> dict[str, FCThreshold]:
         return {fc.name: fc for fc in self.fcs}
 
+    @property
+    def schema_version(self) -> int:
+        """The version this artifact is written as: 2 when it carries weight corrections, else 1."""
+        return CORRECTED_SCHEMA_VERSION if self.corrections else SCHEMA_VERSION
+
     def to_json(self, corrections_file: str | None = None) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "corrections"}
         data["fcs"] = [asdict(fc) for fc in self.fcs]
+        data["version"] = self.schema_version
         if self.corrections:
-            data["version"] = CORRECTED_SCHEMA_VERSION
             data["corrections"] = corrections_file
         return json.dumps(data, indent=1)
 

@@ -118,7 +118,7 @@ class InsertSCAPPruning(ModelPass):
             if entry.name in self.artifact.corrections:
                 correct_weights(fc, self.artifact.corrections[entry.name])
         model.set_rt_info(str(len(self.artifact.fcs)), [RT_INFO_KEY, "fc_count"])
-        model.set_rt_info(str(self.artifact.version), [RT_INFO_KEY, "artifact_version"])
+        model.set_rt_info(str(self.artifact.schema_version), [RT_INFO_KEY, "artifact_version"])
         model.validate_nodes_and_infer_types()
         return True
 

@@ -16,7 +16,7 @@ import numpy as np
 import openvino as ov
 from tqdm.auto import tqdm
 
-from scap_ov.artifact import CORRECTED_SCHEMA_VERSION, Artifact, FCThreshold, json_value
+from scap_ov.artifact import Artifact, FCThreshold, json_value
 from scap_ov.calibration import statistics
 from scap_ov.calibration.allocation import greedy_targets
 from scap_ov.calibration.correction import check_correctable, weight_corrections
@@ -216,7 +216,4 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray] | list[dic
         if config.refine_passes:
             entries = refine(entries, corrections)
             corrections = correct(entries, corrections)
-    artifact = Artifact(fcs=entries, model=model_id, calibration=info, corrections=corrections)
-    if corrections:
-        artifact.version = CORRECTED_SCHEMA_VERSION
-    return artifact
+    return Artifact(fcs=entries, model=model_id, calibration=info, corrections=corrections)

@@ -101,12 +101,13 @@ def weight_corrections(pruned: ov.Model, fcs: list[FC], entries: list[FCThreshol
     of the unpruned model, whose inputs tell which FCs share one). Inputs are observed in chunks of at most
     ``memory_bytes`` of moments, one pass over ``dataset`` each."""
     by_name = {e.name: e for e in entries}
-    first: dict[tuple, str] = {}  # shared input -> the FC whose centred input is observed
+    key = {fc.name: _shared_key(fc, by_name[fc.name]) for fc in fcs}
+    first: dict[tuple, FC] = {}  # shared input -> the FC whose centred input is observed
     for fc in fcs:
-        first.setdefault(_shared_key(fc, by_name[fc.name]), fc.name)
-    observed = {name: fc.node_name + CENTERED_SUFFIX for fc in fcs for name in [fc.name] if name in first.values()}
+        first.setdefault(key[fc.name], fc)
+    observed = {fc.name: fc.node_name + CENTERED_SUFFIX for fc in first.values()}
     taus = {name: np.asarray(by_name[name].tau, np.float32) for name in observed}
-    width = {fc.name: fc.in_features for fc in fcs}
+    width = {fc.name: fc.in_features for fc in first.values()}
     gains: dict[str, np.ndarray] = {}  # observed FC -> R (G + lam I)^-1, [IC, IC]
     for chunk in _chunks(list(observed), lambda name: MOMENT_BYTES * width[name] ** 2, memory_bytes):
         moments = statistics.collect_with(pruned, {name: observed[name] for name in chunk}, dataset, subset_size,
@@ -121,7 +122,7 @@ def weight_corrections(pruned: ov.Model, fcs: list[FC], entries: list[FCThreshol
             gains[name] = np.linalg.solve(g + lam * np.eye(len(g)), r.T).T
     corrections = {}
     for fc in fcs:
-        gain = gains.get(first[_shared_key(fc, by_name[fc.name])])
+        gain = gains.get(first[key[fc.name]].name)
         if gain is not None:
             w = fc.weight.dense().astype(np.float64)  # [OC, IC]
             corrections[fc.name] = (w @ gain).astype(np.float32)
