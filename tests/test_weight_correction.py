@@ -24,14 +24,15 @@ def _config(sparsity=0.5, **kwargs):
                              weight_correction=True, **kwargs)
 
 
-def _centred_inputs(model, artifact, windows):
-    """FC name -> d = x - m, [tokens, IC], at every FC of ``model`` pruned by ``artifact`` without corrections."""
-    pruned = apply_portable(model.clone(), Artifact(fcs=artifact.fcs))
-    nodes = {n.get_friendly_name(): n for n in pruned.get_ordered_ops()}
-    fcs = find_fcs(model)
-    first = len(pruned.outputs)
-    pruned.add_results([ov.opset13.result(nodes[fc.node_name + CENTERED_SUFFIX]) for fc in fcs])
-    compiled = ov.Core().compile_model(pruned, "CPU", F32)
+def _observe(model, windows, output_of):
+    """FC name -> [tokens, IC] float64 values of ``output_of(nodes by name, fc)`` in ``model`` (FCs found in
+    the unpruned graph, which ``model`` may be a pruned copy of)."""
+    fcs = find_fcs(tiny_block_model(vocab=VOCAB))
+    probe = model.clone()
+    nodes = {n.get_friendly_name(): n for n in probe.get_ordered_ops()}
+    first = len(probe.outputs)
+    probe.add_results([ov.opset13.result(output_of(nodes, fc)) for fc in fcs])
+    compiled = ov.Core().compile_model(probe, "CPU", F32)
     out = {fc.name: [] for fc in fcs}
     for w in windows:
         res = compiled({"input_ids": w[None]})
@@ -41,6 +42,17 @@ def _centred_inputs(model, artifact, windows):
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
+def _centred_inputs(model, artifact, windows):
+    """FC name -> d = x - m, [tokens, IC], at every FC of ``model`` pruned by ``artifact`` without corrections."""
+    pruned = apply_portable(model.clone(), Artifact(fcs=artifact.fcs))
+    return _observe(pruned, windows, lambda nodes, fc: nodes[fc.node_name + CENTERED_SUFFIX].output(0))
+
+
+def _fc_inputs(model, windows):
+    """FC name -> x, [tokens, IC]: the input of every FC of ``model`` (dense)."""
+    return _observe(model, windows, lambda nodes, fc: nodes[fc.node_name].input_value(0))
+
+
 def test_correction_is_the_damped_least_squares_fit_and_lowers_output_error():
     model = tiny_block_model(vocab=VOCAB)
     windows = _windows()
@@ -48,7 +60,7 @@ def test_correction_is_the_damped_least_squares_fit_and_lowers_output_error():
     artifact = calibrate(model, windows, _config(correction_damping=0.5, refine_passes=0))
     fcs = find_fcs(model)
     assert set(artifact.corrections) == {fc.name for fc in fcs}
-    assert artifact.calibration["weight_correction"] == {"damping": 0.5}
+    assert artifact.calibration["weight_correction"] == {"damping": 0.5, "target": "pruned"}
     d_all = _centred_inputs(model, artifact, windows)
     for fc in fcs:
         entry = artifact.by_name()[fc.name]
@@ -66,6 +78,47 @@ def test_correction_is_the_damped_least_squares_fit_and_lowers_output_error():
         plain = np.sum((d @ w.T - kept @ w.T) ** 2)
         corrected = np.sum((d @ w.T - kept @ (w + got).T) ** 2)
         assert corrected < plain, fc.name
+
+
+def _least_squares(w, kept, target, damping):
+    g = kept.T @ kept / len(kept)
+    r = (target - kept).T @ kept / len(kept)
+    lam = damping * np.mean(np.diag(g))
+    return w @ r @ np.linalg.inv(g + lam * np.eye(len(g)))
+
+
+@pytest.mark.parametrize("target", ["pruned", "dense"])
+def test_a_nonzero_mode_is_subtracted_and_the_target_is_the_chosen_input(target):
+    """Hand-set thresholds around a mode far from 0: the fit regresses d - x~ (pruned) or the dense model's
+    x - m (dense) on x~, both centred by the mode."""
+    from scap_ov.artifact import FCThreshold
+    from scap_ov.calibration import correction
+    from scap_ov.dataset import calibration_dataset
+
+    model = tiny_block_model(vocab=VOCAB)
+    windows = _windows()
+    fcs = find_fcs(model)
+    entries = [FCThreshold(fc.name, fc.layer_type, 0.6, 0.8, 0.5, 0.5, "scap") for fc in fcs]
+    pruned = apply_portable(model.clone(), Artifact(fcs=entries))
+    dense = model if target == "dense" else None
+    got = correction.weight_corrections(pruned, fcs, entries, calibration_dataset(windows, {"input_ids"}),
+                                        len(windows), 1.0, dense, tokens=windows.size)
+    d_pruned = _centred_inputs(model, Artifact(fcs=entries), windows)
+    x_dense = _fc_inputs(model, windows)
+    for fc in fcs:
+        d = d_pruned[fc.name]
+        kept = np.where(np.abs(d) > 0.8, d, 0.0)
+        goal = d if target == "pruned" else x_dense[fc.name] - 0.6
+        expected = _least_squares(fc.weight.dense().astype(np.float64), kept, goal, 1.0)
+        # dense inputs are recorded in float16
+        np.testing.assert_allclose(got[fc.name], expected, rtol=0, atol=2e-3 * np.abs(expected).max())
+    # block 0's q/k/v read the embedding, which pruning cannot change: both targets give one fit there
+    if target == "dense":
+        own = correction.weight_corrections(pruned, fcs, entries, calibration_dataset(windows, {"input_ids"}),
+                                            len(windows), 1.0)
+        q, down = "model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"
+        np.testing.assert_allclose(got[q], own[q], rtol=0, atol=2e-3 * np.abs(own[q]).max())
+        assert np.abs(got[down] - own[down]).max() > 1e-2  # upstream drift is regressed too
 
 
 def test_thresholds_are_refit_in_the_corrected_model_and_meet_the_target():
@@ -157,8 +210,9 @@ def test_compressed_weights_are_refused():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(correction_damping=0.0), "--correction-damping must be a finite number > 0"),
     (dict(correction_damping=float("nan")), "--correction-damping must be a finite number > 0"),
+    (dict(correction_target="labels"), "unknown correction target 'labels' \\(choose from pruned, dense\\)"),
 ])
-def test_bad_damping_is_refused(kwargs, message):
+def test_bad_correction_settings_are_refused(kwargs, message):
     with pytest.raises(ScapError, match=message):
         _config(**kwargs).validate()
 
