@@ -35,10 +35,7 @@ METHODS = {"teal": dict(method="teal"), "cats": dict(method="cats"), "scap-kde":
            # with the least-squares weight correction (--weight-correction)
            "teal-ls": dict(method="teal", weight_correction=True),
            "greedy-ls": dict(method="greedy", greedy_loss="kl", weight_correction=True),
-           "greedy-nll-ls": dict(method="greedy", greedy_loss="nll", weight_correction=True),
-           # ... regressing the dense model's FC inputs (--correction-target dense)
-           "teal-lsd": dict(method="teal", weight_correction=True, correction_target="dense"),
-           "greedy-lsd": dict(method="greedy", greedy_loss="kl", weight_correction=True, correction_target="dense")}
+           "greedy-nll-ls": dict(method="greedy", greedy_loss="nll", weight_correction=True)}
 BUDGETS = (0.25, 0.4, 0.5, 0.6)
 
 

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from scap_ov.compression import WEIGHT_FORMATS
-from scap_ov.config import AUTO_METHOD, CORRECTION_TARGETS, GREEDY_LOSSES, METHODS, SCORES
+from scap_ov.config import AUTO_METHOD, GREEDY_LOSSES, METHODS, SCORES
 from scap_ov.errors import ScapError
 from scap_ov.layers import LAYER_TYPES
 
@@ -63,10 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
                          "for the pruned ones (same bytes read at decode; float weights only)")
     ex.add_argument("--correction-damping", type=float, default=1.0,
                     help="ridge of the weight correction, in units of the mean kept-input energy (default 1)")
-    ex.add_argument("--correction-target", default=CORRECTION_TARGETS[0], choices=CORRECTION_TARGETS,
-                    help="what the weight correction reproduces: each FC's own unpruned input in the pruned model "
-                         "(pruned, default), or the dense model's input of that FC on the same token (dense: "
-                         "also undoes the drift that pruning earlier layers causes)")
     ex.add_argument("--calibration-data", default=None,
                     help="a .txt file, a .json list of strings, or a Hugging Face dataset name (online only); "
                          "default: three packaged Austen novels. Vision models (ViT, DeiT): a folder of images")
@@ -141,8 +137,7 @@ def _export(args) -> int:
     config = CalibrationConfig(targets=parse_targets(args.sparsity, dict(args.target)), mode=args.mode,
                                samples=args.samples, seq_len=args.seq_len, refine_passes=args.refine_passes,
                                method=args.method, score=args.score, greedy_loss=args.greedy_loss,
-                               weight_correction=args.weight_correction, correction_damping=args.correction_damping,
-                               correction_target=args.correction_target)
+                               weight_correction=args.weight_correction, correction_damping=args.correction_damping)
     weight_format = None
     if args.weight_format:
         weight_format = WeightFormat(args.weight_format, args.group_size, args.sym).validate()

@@ -44,11 +44,6 @@ def parse_targets(sparsity: float | None = None, per_type: dict[str, float] | No
     return targets
 
 
-# --weight-correction regresses each FC's own input in the pruned model ("pruned") or the dense model's input of the
-# same FC on the same token ("dense": also absorbs the drift upstream pruning causes).
-CORRECTION_TARGETS = ("pruned", "dense")
-
-
 @dataclass
 class CalibrationConfig:
     targets: dict[str, float] = field(default_factory=parse_targets)
@@ -64,7 +59,6 @@ class CalibrationConfig:
     greedy_loss: str = GREEDY_LOSSES[0]  # greedy: cost of a group's level
     weight_correction: bool = False  # least-squares weight correction (scap_ov.calibration.correction)
     correction_damping: float = 1.0  # its ridge, in units of the mean kept-input energy
-    correction_target: str = CORRECTION_TARGETS[0]  # what it regresses: the pruned model's FC input or the dense's
 
     @property
     def budget(self) -> float:
@@ -99,9 +93,6 @@ class CalibrationConfig:
         if not (isinstance(self.correction_damping, (int, float)) and math.isfinite(self.correction_damping)
                 and self.correction_damping > 0):
             raise ScapError(f"--correction-damping must be a finite number > 0, got {self.correction_damping!r}")
-        if self.correction_target not in CORRECTION_TARGETS:
-            raise ScapError(f"unknown correction target {self.correction_target!r} (choose from "
-                            f"{', '.join(CORRECTION_TARGETS)})")
         if self.weight_correction and self.method == "cats":
             raise ScapError("--weight-correction corrects the FCs SCAP prunes the inputs of; CATS prunes act(gate) "
                             "inside the MLP instead: use another --method")

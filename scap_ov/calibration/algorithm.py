@@ -202,9 +202,7 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray] | list[dic
 
     def correct(entries: list[FCThreshold], corrections: dict) -> dict:
         pruned = apply_portable(model.clone(), Artifact(fcs=entries, corrections=corrections), layer_patterns)
-        dense = model if config.correction_target == "dense" else None
-        fitted = weight_corrections(pruned, fcs, entries, dataset, len(windows), config.correction_damping, dense,
-                                    info["tokens"])
+        fitted = weight_corrections(pruned, fcs, entries, dataset, len(windows), config.correction_damping)
         return {name: c.astype(np.float16) for name, c in fitted.items()}
 
     for _ in range(config.refine_passes):
@@ -213,7 +211,7 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray] | list[dic
     if config.weight_correction:
         # Corrected FCs give later layers slightly larger inputs, which keep more: fit, re-solve tau in the
         # corrected model, and fit again on the final thresholds (with the first fit upstream).
-        info["weight_correction"] = {"damping": config.correction_damping, "target": config.correction_target}
+        info["weight_correction"] = {"damping": config.correction_damping}
         corrections = correct(entries, {})
         if config.refine_passes:
             entries = refine(entries, corrections)
