@@ -45,10 +45,19 @@ ATTENTION_TYPES = {"ScaledDotProductAttention", "ScaledDotProductAttentionWithKV
                    "ReadValueWithSubgraph", "Concat"}
 
 
+FC_GROUPS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up",
+             "up_proj": "gate_up", "down_proj": "down"}
+
+
+def fc_group(node_name: str) -> str | None:
+    """qkv / o / gate_up / down for a block FC's node (fused siblings are named after their first FC)."""
+    return next((group for module, group in FC_GROUPS.items() if f".{module}/" in node_name), None)
+
+
 def kind_of(info) -> str:
     if info.node_type == "Reference" and "/scap/" in info.node_name:  # how the plugin runs the extension op
         return "scap"
-    if info.node_type == "FullyConnected":
+    if info.node_type.startswith("FullyConnected"):  # FullyConnectedCompressed: int8/int4 weights
         return "lm_head" if "lm_head" in info.node_name else "fc"
     if info.node_type in ATTENTION_TYPES or "ScaledDotProduct" in info.node_type:
         return "attention"
@@ -103,8 +112,15 @@ class Stepper:
         out = {"wall_ms": wall, "nodes_ms": 0.0}
         out.update({f"{k}_ms": 0.0 for k in KINDS})
         out.update({f"{k}_nodes": 0 for k in KINDS})
+        out["by_type"] = {}
+        out["by_fc"] = {}
         for info, ms in self._node_times():
+            label = f"{info.node_type}:{info.exec_type}"
+            out["by_type"][label] = out["by_type"].get(label, 0.0) + ms
             kind = kind_of(info)
+            if kind in ("fc", "scap"):
+                group = f"{fc_group(info.node_name)}_ms"
+                out["by_fc"][group] = out["by_fc"].get(group, 0.0) + ms
             out[f"{kind}_ms"] += ms
             out[f"{kind}_nodes"] += 1
             out["nodes_ms"] += ms
@@ -126,7 +142,11 @@ def profile(variant: e2e.Variant, args, prompt: np.ndarray) -> list[dict]:
     for kind, steps in samples.items():
         r = {"model": variant.model, "weight_format": variant.weight_format, "sparsity": variant.sparsity,
              "method": variant.calibration.get("method"), "variant": kind, "steps": len(steps)}
-        r.update({key: statistics.median(s[key] for s in steps) for key in steps[0]})
+        r.update({key: statistics.median(s[key] for s in steps) for key in steps[0] if not key.startswith("by_")})
+        r.update({key: statistics.median(s["by_fc"].get(key, 0.0) for s in steps) for key in steps[0]["by_fc"]})
+        labels = {label for s in steps for label in s["by_type"]}
+        by_type = {label: statistics.median(s["by_type"].get(label, 0.0) for s in steps) for label in labels}
+        r["by_type_ms"] = dict(sorted(by_type.items(), key=lambda kv: -kv[1]))  # node type:implementation
         r["outside_nodes_ms"] = r["wall_ms"] - r["nodes_ms"]
         records.append(r)
     return records
@@ -157,13 +177,14 @@ def plot(result: dict, png: Path) -> None:
 
 
 def table(result: dict) -> str:
-    lines = ["| weights | sparsity | variant | step wall ms | block FCs (nodes) | lm_head | attention + KV | other "
-             "| outside nodes |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| weights | sparsity | variant | step wall ms | block FCs (nodes) | qkv / o / gate_up / down | lm_head "
+             "| attention + KV | other (nodes) | outside nodes |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["records"]:
         fc_ms, fc_n = (r["scap_ms"] + r["fc_ms"], r["scap_nodes"] + r["fc_nodes"])
+        groups = " / ".join(f"{r.get(g + '_ms', 0.0):.2f}" for g in ("qkv", "o", "gate_up", "down"))
         lines.append(f"| {r['weight_format']} | {r['sparsity']:g} | {r['variant']} | {r['wall_ms']:.2f} | "
-                     f"{fc_ms:.2f} ({fc_n:.0f}) | {r['lm_head_ms']:.2f} | {r['attention_ms']:.2f} | {r['other_ms']:.2f} "
-                     f"({r['other_nodes']:.0f}) | {r['outside_nodes_ms']:.2f} |")
+                     f"{fc_ms:.2f} ({fc_n:.0f}) | {groups} | {r['lm_head_ms']:.2f} | {r['attention_ms']:.2f} | "
+                     f"{r['other_ms']:.2f} ({r['other_nodes']:.0f}) | {r['outside_nodes_ms']:.2f} |")
     return "\n".join(lines)
 
 
