@@ -218,14 +218,14 @@ def run(args) -> dict:
     rows = []
     dyn_q = None
     formats = args.formats or FORMATS
-    shapes = SHAPES
+    shapes = args.shapes or SHAPES
     for fmt in formats:
         for (k, n) in shapes:
             probe = LayerWeights(rng, fmt, k, n)
             per_layer = probe.weight_bytes
             n_layers = max(2, math.ceil(args.working_set_mib * MIB / per_layer))
             layers = [probe] + [LayerWeights(rng, fmt, k, n) for _ in range(n_layers - 1)]
-            m_list = [1] if args.quick and (k, n) != (4096, 4096) else [1, 128]
+            m_list = args.m or ([1] if args.quick and (k, n) != (4096, 4096) else [1, 128])
             for m in m_list:
                 # static token count per model: the kernel benchmark excludes the CPU plugin's per-call
                 # dynamic-shape fallback (measured separately, see meta.dynamic_shape_overhead_us)
@@ -314,6 +314,16 @@ def plot(result: dict, png: Path) -> None:
     fig.savefig(png, dpi=120)
 
 
+def shape(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a shape is ICxOC, e.g. 576x1536; got {text!r}") from None
+    if k < 1 or n < 1:
+        raise argparse.ArgumentTypeError(f"shape dimensions must be >= 1, got {text!r}")
+    return k, n
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", required=True, type=Path, help="output JSON (a PNG plot is written next to it)")
@@ -322,8 +332,12 @@ def main(argv=None) -> int:
     ap.add_argument("--formats", nargs="*", default=None, choices=FORMATS)
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--working-set-mib", type=int, default=None)
+    ap.add_argument("--shapes", nargs="*", type=shape, default=None,
+                    help="IC x OC shapes instead of Llama-2-7B's, e.g. 576x576 1536x576 (SmolLM2's)")
+    ap.add_argument("--sparsities", nargs="*", type=float, default=None, help="M=1 input sparsities")
+    ap.add_argument("--m", nargs="*", type=int, choices=(1, 128), default=None, help="token counts")
     args = ap.parse_args(argv)
-    args.sparsities = [0.0, 0.5, 0.7] if args.quick else SPARSITIES
+    args.sparsities = args.sparsities or ([0.0, 0.5, 0.7] if args.quick else SPARSITIES)
     args.reps = args.reps or (7 if args.quick else 25)
     args.working_set_mib = args.working_set_mib or (64 if args.quick else 160)
     result = run(args)

@@ -365,6 +365,16 @@ def test_larger_layer_all_paths(core, wtype):
         check_case(core, rng, wtype, 640, 390, group, m_tokens, 0.6, False, True, False, 2, True)
 
 
+@pytest.mark.parametrize("wtype, oc", [("f32", 2056), ("bf16", 4104), ("i8", 8200), ("u4", 16400)])
+@pytest.mark.parametrize("sparsity", [0.0, 0.6])
+def test_long_rows_split_by_columns(core, wtype, oc, sparsity):
+    """One-token decode with rows over 8 KiB splits the columns across threads (shorter rows split the kept
+    rows, which every other case here exercises): both splits must match the oracle."""
+    rng = np.random.default_rng(oc)
+    group = 32 if wtype not in packing.FLOAT_TYPES else None
+    check_case(core, rng, wtype, 64, oc, group, 1, sparsity, True, False, False, 2, True)
+
+
 def test_twin_save_read_roundtrip(core, tmp_path):
     """Python twin -> ov.save_model -> read_model with the extension -> compile -> same numbers."""
     rng = np.random.default_rng(5)

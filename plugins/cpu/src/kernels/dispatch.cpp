@@ -99,9 +99,9 @@ T* call_buffer(std::vector<T>& v, size_t count) {
     return v.data();
 }
 struct CallBuffers {
-    std::vector<float> d, gsum, Dp, stage, d4;
+    std::vector<float> d, gsum, Dp, stage, d4, split_gsum, split_y;
     std::vector<int32_t> idx, uidx;
-    std::vector<int64_t> gstart, ugstart;
+    std::vector<int64_t> gstart, ugstart, split_gstart;
     std::vector<uint8_t> keep;
     std::vector<Gathered> g;
     std::vector<UnionRows> u;
@@ -174,6 +174,66 @@ void pack_token(const FcArgs& a, int64_t t, int mr, int64_t kc, int64_t n_mtiles
     }
 }
 
+// Bytes of one stored weight row ([IC, OC] layout: OC elements).
+int64_t row_bytes(const FcArgs& a) {
+    switch (a.wtype) {
+    case WType::f32:
+        return 4 * a.OC;
+    case WType::f16:
+    case WType::bf16:
+        return 2 * a.OC;
+    case WType::i8:
+    case WType::u8:
+        return a.OC;
+    default:
+        return (a.OC + 1) / 2;
+    }
+}
+
+// One-token decode split by kept rows instead of by columns: thread t takes the t-th share of the kept list
+// and whole rows, into its own partial output; the partials are summed at the end (bias once). Used for
+// short rows, where a column split leaves each thread a short strided piece of every row (SmolLM2's
+// 576-wide f32 rows: 1152 bytes per thread, read 1.5x slower than OpenVINO's FC at 0% sparsity), while a
+// row split streams whole rows, contiguous when consecutive rows are kept. Quantized group sums are split
+// with the rows: y = sum over threads of s (acc_t - zp gsum_t) is exact algebra.
+void decode_row_split(const FcArgs& a, const IsaKernels& k, const Gathered& g, int nthreads) {
+    CallBuffers& cb = call_buffers();
+    const int64_t G = a.n_groups;
+    int64_t* gstarts = call_buffer(cb.split_gstart, static_cast<size_t>(nthreads * (G + 1)));
+    float* gsums = call_buffer(cb.split_gsum, static_cast<size_t>(nthreads * G));
+    float* partial = call_buffer(cb.split_y, static_cast<size_t>((nthreads - 1) * a.OC));
+    std::fill(partial, partial + (nthreads - 1) * a.OC, 0.0f);  // threads the pool does not start add nothing
+    ov::parallel_nt(nthreads, [&](int ithr, int nt) {
+        const int64_t p0 = g.n * ithr / nt, p1 = g.n * (ithr + 1) / nt;
+        int64_t* st = gstarts + ithr * (G + 1);
+        float* su = gsums + ithr * G;
+        for (int64_t gi = 0; gi < G; ++gi) {
+            const int64_t lo = std::clamp(g.gstart[gi], p0, p1), hi = std::clamp(g.gstart[gi + 1], p0, p1);
+            float sum = 0.0f;
+            for (int64_t p = lo; p < hi; ++p)
+                sum += g.d[p];
+            st[gi] = lo - p0;
+            su[gi] = sum;
+        }
+        st[G] = p1 - p0;
+        Gathered share;
+        share.d = g.d + p0;
+        share.idx = g.idx + p0;
+        share.gstart = st;
+        share.gsum = su;
+        share.n = p1 - p0;
+        FcArgs b = a;
+        if (ithr > 0)
+            b.bias = nullptr;
+        float* y = ithr == 0 ? a.y : partial + (ithr - 1) * a.OC;
+        k.decode(b, share, y, 0, a.OC, thread_scratch(static_cast<size_t>(a.OC) + 64));
+    });
+    for (int t = 0; t + 1 < nthreads; ++t)
+        for (int64_t o = 0; o < a.OC; ++o)
+            a.y[o] += partial[t * a.OC + o];
+}
+
+constexpr int64_t kRowSplitMaxRowBytes = 8192;  // rows up to this long: split decode by rows (see above)
 constexpr int64_t kKC = 256;           // k-block of the dense path
 constexpr int64_t kDenseMaxM = 256;    // token block of the dense path
 constexpr int64_t kDecodeMaxM = 8;     // up to this many tokens take the sparse (union) decode path
@@ -257,6 +317,11 @@ void run(const FcArgs& args, Isa isa, int nthreads) {
             gt.idx = it;
             gt.gstart = st;
             gt.gsum = su;
+        }
+        if (a.M == 1 && nthreads > 1 && row_bytes(a) <= kRowSplitMaxRowBytes && g[0].n >= 2 * nthreads) {
+            debug_log(a, isa, nthreads, "decode_rows");
+            decode_row_split(a, k, g[0], nthreads);
+            return;
         }
         if (a.M == 1) {
             debug_log(a, isa, nthr, "decode");
