@@ -190,23 +190,25 @@ int64_t row_bytes(const FcArgs& a) {
     }
 }
 
-// One-token decode split by kept rows instead of by columns: thread t takes the t-th share of the kept list
-// and whole rows, into its own partial output; the partials are summed at the end (bias once). Used for
-// short rows, where a column split leaves each thread a short strided piece of every row (SmolLM2's
-// 576-wide f32 rows: 1152 bytes per thread, read 1.5x slower than OpenVINO's FC at 0% sparsity), while a
-// row split streams whole rows, contiguous when consecutive rows are kept. Quantized group sums are split
-// with the rows: y = sum over threads of s (acc_t - zp gsum_t) is exact algebra.
+// One-token decode split by kept rows instead of by columns: the kept list is cut into kRowShares shares of whole
+// rows, each decoded into its own partial output (bias only in share 0) and summed in share order at the end, so
+// the result is the same for any thread count (threads take contiguous runs of shares). Used for short rows,
+// where a column split leaves each thread a short strided piece of every row (int8 rows of 7B layers: 2 KiB per
+// thread), while a row split streams whole rows. Quantized group sums are split with the rows:
+// y = sum over shares of s (acc_s - zp gsum_s) is exact algebra.
+constexpr int kRowShares = 4;
+constexpr int64_t kRowSplitMaxRowBytes = 8192;  // rows up to this long: split decode by rows
+
 void decode_row_split(const FcArgs& a, const IsaKernels& k, const Gathered& g, int nthreads) {
     CallBuffers& cb = call_buffers();
     const int64_t G = a.n_groups;
-    int64_t* gstarts = call_buffer(cb.split_gstart, static_cast<size_t>(nthreads * (G + 1)));
-    float* gsums = call_buffer(cb.split_gsum, static_cast<size_t>(nthreads * G));
-    float* partial = call_buffer(cb.split_y, static_cast<size_t>((nthreads - 1) * a.OC));
-    std::fill(partial, partial + (nthreads - 1) * a.OC, 0.0f);  // threads the pool does not start add nothing
-    ov::parallel_nt(nthreads, [&](int ithr, int nt) {
-        const int64_t p0 = g.n * ithr / nt, p1 = g.n * (ithr + 1) / nt;
-        int64_t* st = gstarts + ithr * (G + 1);
-        float* su = gsums + ithr * G;
+    int64_t* gstarts = call_buffer(cb.split_gstart, static_cast<size_t>(kRowShares * (G + 1)));
+    float* gsums = call_buffer(cb.split_gsum, static_cast<size_t>(kRowShares * G));
+    float* partial = call_buffer(cb.split_y, static_cast<size_t>((kRowShares - 1) * a.OC));
+    const auto share_decode = [&](int share) {
+        const int64_t p0 = g.n * share / kRowShares, p1 = g.n * (share + 1) / kRowShares;
+        int64_t* st = gstarts + share * (G + 1);
+        float* su = gsums + share * G;
         for (int64_t gi = 0; gi < G; ++gi) {
             const int64_t lo = std::clamp(g.gstart[gi], p0, p1), hi = std::clamp(g.gstart[gi + 1], p0, p1);
             float sum = 0.0f;
@@ -216,24 +218,27 @@ void decode_row_split(const FcArgs& a, const IsaKernels& k, const Gathered& g, i
             su[gi] = sum;
         }
         st[G] = p1 - p0;
-        Gathered share;
-        share.d = g.d + p0;
-        share.idx = g.idx + p0;
-        share.gstart = st;
-        share.gsum = su;
-        share.n = p1 - p0;
+        Gathered part;
+        part.d = g.d + p0;
+        part.idx = g.idx + p0;
+        part.gstart = st;
+        part.gsum = su;
+        part.n = p1 - p0;
         FcArgs b = a;
-        if (ithr > 0)
+        if (share > 0)
             b.bias = nullptr;
-        float* y = ithr == 0 ? a.y : partial + (ithr - 1) * a.OC;
-        k.decode(b, share, y, 0, a.OC, thread_scratch(static_cast<size_t>(a.OC) + 64));
+        float* y = share == 0 ? a.y : partial + (share - 1) * a.OC;
+        k.decode(b, part, y, 0, a.OC, thread_scratch(static_cast<size_t>(a.OC) + 64));
+    };
+    ov::parallel_nt(std::min(nthreads, kRowShares), [&](int ithr, int nt) {
+        for (int share = kRowShares * ithr / nt; share < kRowShares * (ithr + 1) / nt; ++share)
+            share_decode(share);
     });
-    for (int t = 0; t + 1 < nthreads; ++t)
+    for (int share = 1; share < kRowShares; ++share)
         for (int64_t o = 0; o < a.OC; ++o)
-            a.y[o] += partial[t * a.OC + o];
+            a.y[o] += partial[(share - 1) * a.OC + o];
 }
 
-constexpr int64_t kRowSplitMaxRowBytes = 8192;  // rows up to this long: split decode by rows (see above)
 constexpr int64_t kKC = 256;           // k-block of the dense path
 constexpr int64_t kDenseMaxM = 256;    // token block of the dense path
 constexpr int64_t kDecodeMaxM = 8;     // up to this many tokens take the sparse (union) decode path
@@ -318,7 +323,8 @@ void run(const FcArgs& args, Isa isa, int nthreads) {
             gt.gstart = st;
             gt.gsum = su;
         }
-        if (a.M == 1 && nthreads > 1 && row_bytes(a) <= kRowSplitMaxRowBytes && g[0].n >= 2 * nthreads) {
+        // (not dependent on the thread count: results are the same for any number of threads)
+        if (a.M == 1 && row_bytes(a) <= kRowSplitMaxRowBytes && g[0].n >= 2 * kRowShares) {
             debug_log(a, isa, nthreads, "decode_rows");
             decode_row_split(a, k, g[0], nthreads);
             return;
