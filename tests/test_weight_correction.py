@@ -24,15 +24,14 @@ def _config(sparsity=0.5, **kwargs):
                              weight_correction=True, **kwargs)
 
 
-def _observe(model, windows, output_of):
-    """FC name -> [tokens, IC] float64 values of ``output_of(nodes by name, fc)`` in ``model`` (FCs found in
-    the unpruned graph, which ``model`` may be a pruned copy of)."""
-    fcs = find_fcs(tiny_block_model(vocab=VOCAB))
-    probe = model.clone()
-    nodes = {n.get_friendly_name(): n for n in probe.get_ordered_ops()}
-    first = len(probe.outputs)
-    probe.add_results([ov.opset13.result(output_of(nodes, fc)) for fc in fcs])
-    compiled = ov.Core().compile_model(probe, "CPU", F32)
+def _centred_inputs(model, artifact, windows):
+    """FC name -> d = x - m, [tokens, IC], at every FC of ``model`` pruned by ``artifact`` without corrections."""
+    pruned = apply_portable(model.clone(), Artifact(fcs=artifact.fcs))
+    nodes = {n.get_friendly_name(): n for n in pruned.get_ordered_ops()}
+    fcs = find_fcs(model)
+    first = len(pruned.outputs)
+    pruned.add_results([ov.opset13.result(nodes[fc.node_name + CENTERED_SUFFIX]) for fc in fcs])
+    compiled = ov.Core().compile_model(pruned, "CPU", F32)
     out = {fc.name: [] for fc in fcs}
     for w in windows:
         res = compiled({"input_ids": w[None]})
@@ -42,17 +41,35 @@ def _observe(model, windows, output_of):
     return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
 
 
-def _centred_inputs(model, artifact, windows):
-    """FC name -> d = x - m, [tokens, IC], at every FC of ``model`` pruned by ``artifact`` without corrections."""
-    pruned = apply_portable(model.clone(), Artifact(fcs=artifact.fcs))
-    return _observe(pruned, windows, lambda nodes, fc: nodes[fc.node_name + CENTERED_SUFFIX].output(0))
-
-
 def _least_squares(w, kept, target, damping):
     g = kept.T @ kept / len(kept)
     r = (target - kept).T @ kept / len(kept)
     lam = damping * np.mean(np.diag(g))
     return w @ r @ np.linalg.inv(g + lam * np.eye(len(g)))
+
+
+def test_correction_is_the_damped_least_squares_fit_and_lowers_output_error():
+    model = tiny_block_model(vocab=VOCAB)
+    windows = _windows()
+    # no refinement: one fit, on the model pruned by the final thresholds (refinement fits again, see below)
+    artifact = calibrate(model, windows, _config(correction_damping=0.5, refine_passes=0))
+    fcs = find_fcs(model)
+    assert set(artifact.corrections) == {fc.name for fc in fcs}
+    assert artifact.calibration["weight_correction"] == {"damping": 0.5}
+    d_all = _centred_inputs(model, artifact, windows)
+    for fc in fcs:
+        entry = artifact.by_name()[fc.name]
+        d = d_all[fc.name]
+        kept = np.where(np.abs(d) > entry.tau, d, 0.0)
+        w = fc.weight.dense().astype(np.float64)
+        expected = _least_squares(w, kept, d, 0.5)
+        got = artifact.corrections[fc.name].astype(np.float64)
+        assert got.dtype == np.float64 and artifact.corrections[fc.name].dtype == np.float16
+        np.testing.assert_allclose(got, expected, atol=2e-3 * np.abs(expected).max() + 1e-6)
+        # on the calibration tokens, the corrected FC is closer to the dense output than the plain pruned one
+        plain = np.sum((d @ w.T - kept @ w.T) ** 2)
+        corrected = np.sum((d @ w.T - kept @ (w + got).T) ** 2)
+        assert corrected < plain, fc.name
 
 
 def test_a_nonzero_mode_centres_the_fit():
@@ -167,7 +184,7 @@ def test_compressed_weights_are_refused():
     (dict(correction_damping=0.0), "--correction-damping must be a finite number > 0"),
     (dict(correction_damping=float("nan")), "--correction-damping must be a finite number > 0"),
 ])
-def test_bad_correction_settings_are_refused(kwargs, message):
+def test_bad_damping_is_refused(kwargs, message):
     with pytest.raises(ScapError, match=message):
         _config(**kwargs).validate()
 

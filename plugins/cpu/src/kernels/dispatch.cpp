@@ -209,10 +209,11 @@ void decode_row_split(const FcArgs& a, const IsaKernels& k, const Gathered& g, i
         const int64_t p0 = g.n * share / kRowShares, p1 = g.n * (share + 1) / kRowShares;
         int64_t* st = gstarts + share * (G + 1);
         float* su = gsums + share * G;
+        const bool quant = !is_float_weight(a.wtype);  // only quantized decode reads the group sums
         for (int64_t gi = 0; gi < G; ++gi) {
             const int64_t lo = std::clamp(g.gstart[gi], p0, p1), hi = std::clamp(g.gstart[gi + 1], p0, p1);
             float sum = 0.0f;
-            for (int64_t p = lo; p < hi; ++p)
+            for (int64_t p = lo; quant && p < hi; ++p)
                 sum += g.d[p];
             st[gi] = lo - p0;
             su[gi] = sum;
