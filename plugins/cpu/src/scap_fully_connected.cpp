@@ -1,6 +1,7 @@
 #include "scap_fully_connected.hpp"
 
 #include <cmath>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
 #include <openvino/core/parallel.hpp>
@@ -8,6 +9,7 @@
 #include <sstream>
 #include <vector>
 
+#include "huge_pages.hpp"
 #include "kernels/kernel.hpp"
 
 namespace scap_ov {
@@ -470,6 +472,23 @@ bool SCAPFullyConnected::has_evaluate() const {
     return true;
 }
 
+const uint8_t* SCAPFullyConnected::placed_weights(const void* src, size_t bytes) const {
+    const Placement* p = m_placement.load(std::memory_order_acquire);
+    if (p && p->src == src)
+        return p->data;
+    std::lock_guard<std::mutex> lock(m_placement_mutex);
+    p = m_placement.load(std::memory_order_relaxed);
+    if (!p || p->src != src) {
+        PlacedWeights placed = place_weights(src, bytes);
+        if (kernels::debug_enabled())
+            std::fprintf(stderr, "[scap_ov] %s: weights %zu bytes %s\n", get_friendly_name().c_str(), bytes, placed.how);
+        m_placements.push_back(std::make_unique<Placement>(Placement{src, placed.data, std::move(placed.owner)}));
+        p = m_placements.back().get();
+        m_placement.store(p, std::memory_order_release);
+    }
+    return p->data;
+}
+
 bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {
     size_t n_inputs = 2;
     for (size_t p = 0; p < N_PARAMS; ++p)
@@ -545,7 +564,7 @@ bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVec
     a.IC = IC;
     a.OC = OC;
     a.wtype = to_wtype(w_t);
-    a.w = static_cast<const uint8_t*>(w.data());
+    a.w = placed_weights(w.data(), w_bytes);
     if (!is_float_weight(w_t)) {
         a.scales = s->data();
         a.scales_f16 = s->get_element_type() == ov::element::f16;

@@ -18,6 +18,10 @@
 #pragma once
 
 #include <array>
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <vector>
 #include <string>
 
 #include <openvino/op/op.hpp>
@@ -60,12 +64,25 @@ public:
 private:
     // Parses m_inputs into m_port (throws on an unknown / repeated / out-of-order name).
     void resolve_ports();
+    // The buffer the kernel reads the weights at `src` from: placed on huge pages on first use (huge_pages.hpp).
+    const uint8_t* placed_weights(const void* src, size_t bytes) const;
 
     int64_t m_schema_version = kSchemaVersion;
     std::string m_inputs;          // compact form only
     float m_mode_value = 0.0f;     // compact form: value of an absent mode
     float m_threshold_value = 0.0f;  // compact form: value of an absent threshold
     std::array<int64_t, N_PARAMS> m_port{{2, 3, 4, 5, 6}};
+    // Placement of the weights constant (its address does not change between calls). The mutex serialises the
+    // first calls of concurrent infer requests; later calls read one atomic. Placements are kept for the op's
+    // life, so a reader holding an earlier one stays valid even if the source ever changed.
+    struct Placement {
+        const void* src = nullptr;
+        const uint8_t* data = nullptr;
+        std::shared_ptr<void> owner;
+    };
+    mutable std::mutex m_placement_mutex;
+    mutable std::atomic<const Placement*> m_placement{nullptr};
+    mutable std::vector<std::unique_ptr<Placement>> m_placements;
 };
 
 }  // namespace scap_ov

@@ -262,7 +262,6 @@ Isa active_isa() {
     return static_cast<int>(cap) < static_cast<int>(detected) ? cap : detected;
 }
 
-namespace {
 bool debug_enabled() {
     static const bool on = [] {
         const char* e = std::getenv("SCAP_OV_DEBUG");
@@ -270,6 +269,8 @@ bool debug_enabled() {
     }();
     return on;
 }
+
+namespace {
 void debug_log(const FcArgs& a, Isa isa, int nthreads, const char* path) {
     if (debug_enabled())
         std::fprintf(stderr, "[scap_ov] M=%lld IC=%lld OC=%lld isa=%s threads=%d path=%s\n", static_cast<long long>(a.M),

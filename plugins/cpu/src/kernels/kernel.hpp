@@ -96,6 +96,8 @@ void run_reference(const FcArgs& a);
 // Detected ISA capped by $SCAP_OV_ISA (scalar|avx2|avx512).
 Isa active_isa();
 const char* isa_name(Isa isa);
+// $SCAP_OV_DEBUG set (and not "0"): log each call's path to stderr.
+bool debug_enabled();
 
 // Entry point used by the op: picks the ISA and the decode or dense path, runs on `nthreads` threads.
 void run(const FcArgs& a, Isa isa, int nthreads);
