@@ -9,7 +9,6 @@
 #include <sstream>
 #include <vector>
 
-#include "huge_pages.hpp"
 #include "kernels/kernel.hpp"
 
 namespace scap_ov {
@@ -475,18 +474,18 @@ bool SCAPFullyConnected::has_evaluate() const {
 const uint8_t* SCAPFullyConnected::placed_weights(const void* src, size_t bytes) const {
     const Placement* p = m_placement.load(std::memory_order_acquire);
     if (p && p->src == src)
-        return p->data;
+        return p->placed.data;
     std::lock_guard<std::mutex> lock(m_placement_mutex);
     p = m_placement.load(std::memory_order_relaxed);
     if (!p || p->src != src) {
-        PlacedWeights placed = place_weights(src, bytes);
-        if (kernels::debug_enabled())
-            std::fprintf(stderr, "[scap_ov] %s: weights %zu bytes %s\n", get_friendly_name().c_str(), bytes, placed.how);
-        m_placements.push_back(std::make_unique<Placement>(Placement{src, placed.data, std::move(placed.owner)}));
+        m_placements.push_back(std::make_unique<Placement>(Placement{src, place_weights(src, bytes)}));
         p = m_placements.back().get();
+        if (kernels::debug_enabled())
+            std::fprintf(stderr, "[scap_ov] %s: weights %zu bytes %s\n", get_friendly_name().c_str(), bytes,
+                         p->placed.how);
         m_placement.store(p, std::memory_order_release);
     }
-    return p->data;
+    return p->placed.data;
 }
 
 bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVector& inputs) const {

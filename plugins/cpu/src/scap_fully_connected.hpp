@@ -19,12 +19,13 @@
 
 #include <array>
 #include <atomic>
-#include <memory>
 #include <mutex>
 #include <vector>
 #include <string>
 
 #include <openvino/op/op.hpp>
+
+#include "huge_pages.hpp"
 
 namespace scap_ov {
 
@@ -77,8 +78,7 @@ private:
     // life, so a reader holding an earlier one stays valid even if the source ever changed.
     struct Placement {
         const void* src = nullptr;
-        const uint8_t* data = nullptr;
-        std::shared_ptr<void> owner;
+        PlacedWeights placed;
     };
     mutable std::mutex m_placement_mutex;
     mutable std::atomic<const Placement*> m_placement{nullptr};

@@ -205,11 +205,11 @@ void decode_row_split(const FcArgs& a, const IsaKernels& k, const Gathered& g, i
     int64_t* gstarts = call_buffer(cb.split_gstart, static_cast<size_t>(kRowShares * (G + 1)));
     float* gsums = call_buffer(cb.split_gsum, static_cast<size_t>(kRowShares * G));
     float* partial = call_buffer(cb.split_y, static_cast<size_t>((kRowShares - 1) * a.OC));
+    const bool quant = !is_float_weight(a.wtype);  // only quantized decode reads the group sums
     const auto share_decode = [&](int share) {
         const int64_t p0 = g.n * share / kRowShares, p1 = g.n * (share + 1) / kRowShares;
         int64_t* st = gstarts + share * (G + 1);
         float* su = gsums + share * G;
-        const bool quant = !is_float_weight(a.wtype);  // only quantized decode reads the group sums
         for (int64_t gi = 0; gi < G; ++gi) {
             const int64_t lo = std::clamp(g.gstart[gi], p0, p1), hi = std::clamp(g.gstart[gi + 1], p0, p1);
             float sum = 0.0f;
