@@ -3,8 +3,8 @@
 // One-token decode streams each layer's kept weight rows once per token. On 4 KiB pages every page costs a TLB
 // miss (a two-level page walk in a VM) and the hardware prefetchers stop at every page boundary; on this
 // project's 2-vCPU VM a plain 2-thread row stream over 120 layers of 576x576 f32 took 84-101 us per layer on
-// 4 KiB pages and 62-69 us on 2 MiB pages, and SmolLM2's SCAP FCs took 0.87-0.91 of OpenVINO's FC time per
-// decode step instead of 0.96-1.04 (benchmarks/decode_profile.py, weights read without mmap).
+// 4 KiB pages and 62-69 us on 2 MiB pages. Through OpenVINO the gain is smaller and mostly lost in this VM's
+// noise (plugins/cpu/README.md, "Weight placement").
 // OpenVINO's own FC repacks its weights into memory it allocates at compile time; an extension op reads the
 // constant where it lies: in the heap, or in the IR's mmapped .bin (the default), often not even 4-byte aligned.
 //
