@@ -30,7 +30,6 @@ alignas(64) constexpr CompressLut kCompressLut{};
 struct V {
     using vec = __m256;
     static constexpr int W = 8;
-    static constexpr int TV = 4;         // decode tile: 4 vectors = 32 columns
     static constexpr int MR = 6;         // dense micro-kernel: 6 tokens x 2 vectors (12 accumulators)
     static constexpr int NRV = 2;
     static constexpr int NC_PANELS = 8;  // dense column block = 8 panels = 128 columns

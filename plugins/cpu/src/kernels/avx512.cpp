@@ -16,7 +16,6 @@ namespace {
 struct V {
     using vec = __m512;
     static constexpr int W = 16;
-    static constexpr int TV = 4;         // decode tile: 4 vectors = 64 columns
     static constexpr int MR = 8;         // dense micro-kernel: 8 tokens x 3 vectors (24 accumulators)
     static constexpr int NRV = 3;
     static constexpr int NC_PANELS = 4;  // dense column block = 4 panels = 192 columns

@@ -271,10 +271,12 @@ bool debug_enabled() {
 }
 
 namespace {
-void debug_log(const FcArgs& a, Isa isa, int nthreads, const char* path) {
+// kept: rows kept for the first token (decode paths), -1 where the path does not gather.
+void debug_log(const FcArgs& a, Isa isa, int nthreads, const char* path, int64_t kept = -1) {
     if (debug_enabled())
-        std::fprintf(stderr, "[scap_ov] M=%lld IC=%lld OC=%lld isa=%s threads=%d path=%s\n", static_cast<long long>(a.M),
-                     static_cast<long long>(a.IC), static_cast<long long>(a.OC), isa_name(isa), nthreads, path);
+        std::fprintf(stderr, "[scap_ov] M=%lld IC=%lld OC=%lld isa=%s threads=%d path=%s kept=%lld\n",
+                     static_cast<long long>(a.M), static_cast<long long>(a.IC), static_cast<long long>(a.OC),
+                     isa_name(isa), nthreads, path, static_cast<long long>(kept));
 }
 }  // namespace
 
@@ -327,12 +329,12 @@ void run(const FcArgs& args, Isa isa, int nthreads) {
         }
         // (not dependent on the thread count: results are the same for any number of threads)
         if (a.M == 1 && row_bytes(a) <= kRowSplitMaxRowBytes && g[0].n >= 2 * kRowShares) {
-            debug_log(a, isa, nthreads, "decode_rows");
+            debug_log(a, isa, nthreads, "decode_rows", g[0].n);
             decode_row_split(a, k, g[0], nthreads);
             return;
         }
         if (a.M == 1) {
-            debug_log(a, isa, nthr, "decode");
+            debug_log(a, isa, nthr, "decode", g[0].n);
             ov::parallel_nt(nthr, [&](int ithr, int nt) {
                 int64_t c0, c1;
                 column_range(a.OC, ithr, nt, c0, c1);
@@ -358,7 +360,7 @@ void run(const FcArgs& args, Isa isa, int nthreads) {
             build_union(a, g, 4 * b, mt, stage, keep, uidx + b * a.IC, d4 + b * 4 * a.IC,
                         ugstart + b * (a.n_groups + 1), u[b]);
         }
-        debug_log(a, isa, nthr, "decode_multi");
+        debug_log(a, isa, nthr, "decode_multi", g[0].n);
         ov::parallel_nt(nthr, [&](int ithr, int nt) {
             int64_t c0, c1;
             column_range(a.OC, ithr, nt, c0, c1);
