@@ -46,6 +46,32 @@ def test_fused_equals_portable(core, fmt, per_channel):
     np.testing.assert_allclose(core.compile_model(fused, "CPU", F32)(x)[0], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_fcs_calibrated_to_prune_nothing_keep_openvinos_fc(core, tmp_path):
+    """Threshold 0 with (almost) nothing pruned on the calibration tokens: the FC keeps its portable ops and
+    OpenVINO's FC, also through a saved portable IR; threshold 0 that did prune (exact zeros after a ReLU) is
+    fused; fuse_unpruned=True fuses them all. Outputs equal the portable IR's either way."""
+    fmt = FORMATS[1]
+    art = _artifact(_base(fmt))
+    for entry in art.fcs:
+        if entry.layer_type in ("q", "k", "v", "down"):
+            entry.tau, entry.calibration_sparsity = 0.0, 0.0
+        if entry.layer_type == "o":  # threshold 0, but half its calibration inputs were exact zeros
+            entry.tau, entry.calibration_sparsity = 0.0, 0.5
+    portable = apply_portable(_base(fmt), art)
+    ov.save_model(portable, tmp_path / "portable.xml", compress_to_fp16=False)
+    fused = apply_fusion(core.read_model(tmp_path / "portable.xml"))
+    assert count_fused(fused) == 14 - 8  # q, k, v, down of both blocks stay
+    unfused = [n for n in fused.get_ordered_ops() if n.get_type_name() == "MatMul" and "lm_head" not in n.get_friendly_name()]
+    assert len(unfused) == 8
+    assert all(n.input_value(0).get_node().get_type_name() == "Select" for n in unfused)  # pruning ops kept
+    every = apply_fusion(apply_portable(_base(fmt), art), fuse_unpruned=True)
+    assert count_fused(every) == 14
+    x = np.random.default_rng(6).standard_normal((1, 3, 64)).astype(np.float32)
+    expected = core.compile_model(portable, "CPU", F32)(x)[0]
+    for model in (fused, every):
+        np.testing.assert_allclose(core.compile_model(model, "CPU", F32)(x)[0], expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("fmt", FORMATS, ids=[f[0] for f in FORMATS])
 def test_fused_weights_stay_within_1_1x_of_dense(tmp_path, fmt):
     dense = _base(fmt)

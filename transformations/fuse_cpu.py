@@ -24,6 +24,7 @@ from openvino.passes import AnyInput, Matcher, MatcherPass, WrapType
 
 from scap_ov.ops import OP_TYPE, input_names, make_scap_fc
 from scap_ov.packing import PackedWeights, concat_output_channels, pack_compressed, pack_float
+from scap_ov.transformations.portable import RT_INFO_KEY, UNPRUNED_KEY, UNPRUNED_SEPARATOR
 from scap_ov.transformations.weights import WeightChain, constant_values, match_weight_chain
 
 _FLOAT_NAMES = {ov.Type.f32: "f32", ov.Type.f16: "f16", ov.Type.bf16: "bf16"}
@@ -180,15 +181,29 @@ class FuseNNCFSparsifiedFullyConnected(MatcherPass):
         self.register_matcher(Matcher(matmul, "FuseNNCFSparsifiedFullyConnected"), callback)
 
 
-def fuse_portable(model: ov.Model, native: bool = True, merge: bool = True) -> int:
+def unpruned_fcs(model: ov.Model) -> set[str]:
+    """MatMul names of the FCs pass A recorded as calibrated to prune nothing (model rt_info)."""
+    if not model.has_rt_info([RT_INFO_KEY, UNPRUNED_KEY]):
+        return set()
+    names = model.get_rt_info([RT_INFO_KEY, UNPRUNED_KEY]).astype(str)
+    return set(names.split(UNPRUNED_SEPARATOR)) - {""}
+
+
+def fuse_portable(model: ov.Model, native: bool = True, merge: bool = True, fuse_unpruned: bool = False) -> int:
     """Fuse every portable SCAP FC the op can take; with ``merge``, siblings (same input, mode, threshold,
-    weight format) share one op. Returns the number of FCs fused."""
+    weight format) share one op. FCs calibrated to prune nothing keep their portable ops (OpenVINO's own FC
+    runs them) unless ``fuse_unpruned``: they read every weight row anyway, and OpenVINO's FC does that faster
+    than the op (the op took 1.2-1.6x its time on SmolLM2's 576-wide layers at sparsity 0). Returns the
+    number of FCs fused."""
+    skip = set() if fuse_unpruned else unpruned_fcs(model)
     found: list[_Match] = []
     manager = ov.passes.Manager()
     manager.register_pass(FindSCAPPatterns(found))
     manager.run_passes(model)
     groups: dict[object, list[_Prepared]] = {}
     for i, match in enumerate(found):
+        if match.matmul.get_friendly_name() in skip:
+            continue
         prepared = _prepare(match)  # packs the weights: once per FC
         if prepared is not None:
             groups.setdefault(prepared.merge_key() if merge else i, []).append(prepared)
@@ -197,10 +212,11 @@ def fuse_portable(model: ov.Model, native: bool = True, merge: bool = True) -> i
     return sum(len(group) for group in groups.values())
 
 
-def apply_fusion(model: ov.Model, native: bool = True, merge: bool = True) -> ov.Model:
+def apply_fusion(model: ov.Model, native: bool = True, merge: bool = True, fuse_unpruned: bool = False) -> ov.Model:
     """Apply pass B in place: every SCAP / NNCF-sparsified FC becomes a SCAPFullyConnected (siblings share
-    one when ``merge``); other nodes stay."""
-    fuse_portable(model, native, merge)
+    one when ``merge``), except FCs pass A recorded as unpruned (fused too with ``fuse_unpruned``); other
+    nodes stay."""
+    fuse_portable(model, native, merge, fuse_unpruned)
     manager = ov.passes.Manager()
     manager.register_pass(FuseNNCFSparsifiedFullyConnected(native))
     manager.run_passes(model)

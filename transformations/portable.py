@@ -22,6 +22,15 @@ from scap_ov.errors import ScapError
 from scap_ov.layers import FC, find_fcs, gated_input
 
 RT_INFO_KEY = "scap_ov"  # model rt_info: artifact summary, so a saved IR says what produced it
+UNPRUNED_KEY = "unpruned_fcs"  # model rt_info under RT_INFO_KEY: MatMul names of FCs calibrated to prune nothing
+UNPRUNED_SEPARATOR = ";"
+UNPRUNED_MAX_SPARSITY = 0.01  # realised calibration sparsity below which a threshold-0 FC counts as unpruned
+
+
+def is_unpruned(entry) -> bool:
+    """An artifact entry whose threshold is 0 everywhere and that pruned (almost) nothing on the calibration
+    tokens: a threshold-0 FC after a ReLU still skips its exact zeros, so it is not one."""
+    return bool(np.all(np.asarray(entry.tau) == 0)) and entry.calibration_sparsity < UNPRUNED_MAX_SPARSITY
 # Node-name suffixes other code looks for: input 0 of <matmul>/scap/centered is the FC's original (unpruned)
 # input; <matmul>/scap/keep is the keep mask.
 CENTERED_SUFFIX = "/scap/centered"
@@ -104,6 +113,7 @@ class InsertSCAPPruning(ModelPass):
         if missing:
             raise ScapError(f"artifact names {len(missing)} FC layers the model does not have "
                             f"(first: {missing[0]!r}); was it calibrated on another model?")
+        unpruned = []
         for entry in self.artifact.fcs:
             fc = fcs[entry.name]
             if entry.layer_type != fc.layer_type:
@@ -117,7 +127,11 @@ class InsertSCAPPruning(ModelPass):
             insert_pruning(fc, _as_f32(entry.mode, fc.in_features, "mode", fc), tau, entry.method == CATS_METHOD)
             if entry.name in self.artifact.corrections:
                 correct_weights(fc, self.artifact.corrections[entry.name])
+            if not self.tunable and is_unpruned(entry):
+                unpruned.append(fc.node_name)
         model.set_rt_info(str(len(self.artifact.fcs)), [RT_INFO_KEY, "fc_count"])
+        # Read by the CPU fusion (pass B): these FCs keep their portable ops and OpenVINO's own FC.
+        model.set_rt_info(UNPRUNED_SEPARATOR.join(unpruned), [RT_INFO_KEY, UNPRUNED_KEY])
         model.set_rt_info(str(self.artifact.schema_version), [RT_INFO_KEY, "artifact_version"])
         model.validate_nodes_and_infer_types()
         return True
