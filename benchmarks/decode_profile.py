@@ -207,8 +207,6 @@ def main(argv=None) -> int:
         return 0
     logging.basicConfig(level=logging.INFO, format="decode_profile: %(message)s", stream=sys.stderr)
     started = time.time()
-    vocab = e2e.SLICE_VOCAB if args.model == e2e.SLICE else 49152
-    prompt = np.random.default_rng(1).integers(3, vocab, (1, args.prompt_tokens), dtype=np.int64)
     records = []
     if args.pair:
         dense, scap = args.pair
@@ -219,7 +217,7 @@ def main(argv=None) -> int:
                 for v in e2e.prepare(args, args.model, fmt, [0.5] if args.model == e2e.SLICE else args.sparsities)]
     for variant in plan:
         log.info("profile %s %s s=%.2f", variant.model, variant.weight_format, variant.sparsity)
-        records += profile(variant, args, prompt)
+        records += profile(variant, args, e2e.prompt_ids(variant.model, variant.dense, args.prompt_tokens))
     result = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "threads": os.cpu_count(),
                        "openvino": ov.get_version(), "model": args.model, "prompt_tokens": args.prompt_tokens,
                        "steps": args.steps, "command": "python " + " ".join(sys.argv),
