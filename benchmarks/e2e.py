@@ -40,7 +40,8 @@ from scap_ov import assets
 from scap_ov.artifact import ARTIFACT_NAME, Artifact
 from scap_ov.compression import WeightFormat
 from scap_ov.config import AUTO_METHOD, METHODS, CalibrationConfig, parse_targets
-from scap_ov.export import dense_ir, is_ir_folder
+from scap_ov.export import IR_XML, dense_ir, is_ir_folder
+from scap_ov.extension import register
 from scap_ov.fsutil import atomic_output_dir
 from scap_ov.pipeline import evaluate_folder, export_dense, export_scap
 
@@ -94,6 +95,12 @@ class Variant:
         return self.calibration.get("weight_format", self.fmt)
 
 
+def stale_fusion(folder: Path) -> bool:
+    from scap_ov.transformations.fuse_cpu import FUSION_VERSION, fusion_version
+
+    return fusion_version(register(ov.Core()).read_model(folder / IR_XML)) != FUSION_VERSION
+
+
 PROMPT_NOVEL = "northangerabbey"  # held out: neither calibration text nor the perplexity novel
 
 
@@ -128,6 +135,12 @@ def prepare(args, model: str, fmt: str, sparsities: list[float]) -> list[Variant
         method = "scap" if model == SLICE else args.method
         mtag = "" if method == "scap" else f"{method}-"
         scap = work / f"{tag}{fmt}-{mtag}scap{sparsity:g}-{samples}x{seq_len}"
+        if is_ir_folder(scap) and stale_fusion(scap):  # fused by an older pass B: rebuild from its artifact
+            log.info("re-fusing %s (fusion version changed)", scap.name)
+            artifact = scap.parent / f"{scap.name}.{ARTIFACT_NAME}"
+            shutil.copy(scap / ARTIFACT_NAME, artifact)
+            export_scap(scap, str(dense), artifact=artifact, overwrite=True)
+            artifact.unlink()
         if not is_ir_folder(scap):
             log.info("SCAP %s %s at %.2f", model, fmt, sparsity)
             windows = None

@@ -7,7 +7,7 @@ import scap_ov
 from conftest import F32, compress, tiny_block_model
 from scap_ov.artifact import Artifact, FCThreshold
 from scap_ov.layers import find_fcs
-from scap_ov.transformations.fuse_cpu import apply_fusion, count_fused, count_ops
+from scap_ov.transformations.fuse_cpu import FUSION_VERSION, apply_fusion, count_fused, count_ops, fusion_version
 from scap_ov.transformations.portable import apply_portable
 
 FORMATS = [("f32", None, -1), ("int8_asym", "INT8_ASYM", -1), ("int8_sym", "INT8_SYM", -1),
@@ -88,6 +88,8 @@ def test_saved_fused_ir_reads_back_as_the_cpp_op(core, tmp_path):
     ov.save_model(fused, tmp_path / "fused.xml", compress_to_fp16=False)
     assert 'type="SCAPFullyConnected" version="extension"' in (tmp_path / "fused.xml").read_text()
     read = core.read_model(tmp_path / "fused.xml")
+    assert fusion_version(read) == FUSION_VERSION  # what benchmark caches check to rebuild stale fused folders
+    assert fusion_version(apply_portable(_base(FORMATS[4]), art)) is None
     x = np.random.default_rng(4).standard_normal((1, 3, 64)).astype(np.float32)
     expected = core.compile_model(apply_portable(_base(FORMATS[4]), art), "CPU", F32)(x)[0]
     np.testing.assert_allclose(core.compile_model(read, "CPU", F32)(x)[0], expected, rtol=1e-4, atol=1e-4)

@@ -181,6 +181,16 @@ class FuseNNCFSparsifiedFullyConnected(MatcherPass):
         self.register_matcher(Matcher(matmul, "FuseNNCFSparsifiedFullyConnected"), callback)
 
 
+# Written to the fused model's rt_info; bump when pass B's output changes for the same portable IR, so caches of
+# fused folders (benchmarks/e2e.py) know to rebuild them from their artifacts.
+FUSION_VERSION = "2"  # 2: FCs calibrated to prune nothing keep OpenVINO's FC
+
+
+def fusion_version(model: ov.Model) -> str | None:
+    return model.get_rt_info([RT_INFO_KEY, "fusion_version"]).astype(str) \
+        if model.has_rt_info([RT_INFO_KEY, "fusion_version"]) else None
+
+
 def unpruned_fcs(model: ov.Model) -> set[str]:
     """MatMul names of the FCs pass A recorded as calibrated to prune nothing (model rt_info)."""
     if not model.has_rt_info([RT_INFO_KEY, UNPRUNED_KEY]):
@@ -220,6 +230,8 @@ def apply_fusion(model: ov.Model, native: bool = True, merge: bool = True, fuse_
     manager = ov.passes.Manager()
     manager.register_pass(FuseNNCFSparsifiedFullyConnected(native))
     manager.run_passes(model)
+    if model.has_rt_info([RT_INFO_KEY, "fc_count"]) or count_ops(model):  # a SCAP model (untouched otherwise)
+        model.set_rt_info(FUSION_VERSION, [RT_INFO_KEY, "fusion_version"])
     return model
 
 
