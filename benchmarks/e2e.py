@@ -12,8 +12,10 @@ default CPU configuration (threads, dynamic quantization of the dense compressed
 Dense and SCAP runs alternate (ABAB.. with the order flipped every repetition); medians are reported.
 
 decode tok/s = 1000 / time per output token (genai: PerfMetrics TPOT; optimum: (t(N) - t(1)) / (N - 1));
-prefill = time to first token for a PROMPT-token prompt (genai TTFT; optimum: generate 1 token).
-Exports are cached under --work (default $SCAP_OV_CACHE/bench) so reruns only measure.
+prefill = time to first token for a PROMPT-token prompt (genai TTFT; optimum: generate 1 token). The prompt is
+held-out text (Northanger Abbey) for SmolLM2, random token ids for the slice.
+Exports are cached under --work (default $SCAP_OV_CACHE/bench) so reruns only measure; a SCAP folder fused by
+an older pass B (fusion_version in its rt_info) is rebuilt from its own artifact.
 
 usage: python benchmarks/e2e.py --json out.json [--quick]
 """
