@@ -186,17 +186,17 @@ class FuseNNCFSparsifiedFullyConnected(MatcherPass):
 FUSION_VERSION = "2"  # 2: FCs calibrated to prune nothing keep OpenVINO's FC
 
 
+def _scap_rt_info(model: ov.Model, key: str) -> str | None:
+    return model.get_rt_info([RT_INFO_KEY, key]).astype(str) if model.has_rt_info([RT_INFO_KEY, key]) else None
+
+
 def fusion_version(model: ov.Model) -> str | None:
-    return model.get_rt_info([RT_INFO_KEY, "fusion_version"]).astype(str) \
-        if model.has_rt_info([RT_INFO_KEY, "fusion_version"]) else None
+    return _scap_rt_info(model, "fusion_version")
 
 
 def unpruned_fcs(model: ov.Model) -> set[str]:
     """MatMul names of the FCs pass A recorded as calibrated to prune nothing (model rt_info)."""
-    if not model.has_rt_info([RT_INFO_KEY, UNPRUNED_KEY]):
-        return set()
-    names = model.get_rt_info([RT_INFO_KEY, UNPRUNED_KEY]).astype(str)
-    return set(names.split(UNPRUNED_SEPARATOR)) - {""}
+    return set((_scap_rt_info(model, UNPRUNED_KEY) or "").split(UNPRUNED_SEPARATOR)) - {""}
 
 
 def fuse_portable(model: ov.Model, native: bool = True, merge: bool = True, fuse_unpruned: bool = False) -> int:

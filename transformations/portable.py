@@ -17,7 +17,7 @@ import openvino as ov
 import openvino.opset13 as ops
 from openvino.passes import ModelPass
 
-from scap_ov.artifact import Artifact
+from scap_ov.artifact import Artifact, FCThreshold
 from scap_ov.errors import ScapError
 from scap_ov.layers import FC, find_fcs, gated_input
 
@@ -25,18 +25,18 @@ RT_INFO_KEY = "scap_ov"  # model rt_info: artifact summary, so a saved IR says w
 UNPRUNED_KEY = "unpruned_fcs"  # model rt_info under RT_INFO_KEY: MatMul names of FCs calibrated to prune nothing
 UNPRUNED_SEPARATOR = ";"
 UNPRUNED_MAX_SPARSITY = 0.01  # realised calibration sparsity below which a threshold-0 FC counts as unpruned
-
-
-def is_unpruned(entry) -> bool:
-    """An artifact entry whose threshold is 0 everywhere and that pruned (almost) nothing on the calibration
-    tokens: a threshold-0 FC after a ReLU still skips its exact zeros, so it is not one."""
-    return bool(np.all(np.asarray(entry.tau) == 0)) and entry.calibration_sparsity < UNPRUNED_MAX_SPARSITY
 # Node-name suffixes other code looks for: input 0 of <matmul>/scap/centered is the FC's original (unpruned)
 # input; <matmul>/scap/keep is the keep mask.
 CENTERED_SUFFIX = "/scap/centered"
 KEEP_SUFFIX = "/scap/keep"
-TAU_INPUT_PREFIX = "scap_tau:"
-CATS_METHOD = "cats"  # artifact entry method: the threshold applies to act(gate) of the FC's gated input  # tunable models: one scalar f32 input per FC, named this + FC name
+TAU_INPUT_PREFIX = "scap_tau:"  # tunable models: one scalar f32 input per FC, named this + FC name
+CATS_METHOD = "cats"  # artifact entry method: the threshold applies to act(gate) of the FC's gated input
+
+
+def is_unpruned(entry: FCThreshold) -> bool:
+    """An artifact entry whose threshold is 0 everywhere and that pruned (almost) nothing on the calibration
+    tokens: a threshold-0 FC after a ReLU still skips its exact zeros, so it is not one."""
+    return bool(np.all(np.asarray(entry.tau) == 0)) and entry.calibration_sparsity < UNPRUNED_MAX_SPARSITY
 
 
 def _as_f32(values, in_features: int, what: str, fc: FC) -> np.ndarray:

@@ -40,7 +40,7 @@ struct WInfo {
     // because 8 short row streams in flight keep more misses outstanding. Converting formats (16-bit, int) are
     // no faster that way (measured: equal or slower), so they keep 4 rows x 4 vectors.
     static constexpr int decode_rows = T == WType::f32 ? 8 : 4;
-    static constexpr int decode_tv = T == WType::f32 ? (64 / 4 / V::W > 0 ? 64 / 4 / V::W : 1) : 4;
+    static constexpr int decode_tv = T == WType::f32 ? (line_cols > V::W ? static_cast<int>(line_cols / V::W) : 1) : 4;
 };
 
 static inline void prefetch_line(const void* p) {
