@@ -140,9 +140,11 @@ def prepare(args, model: str, fmt: str, sparsities: list[float]) -> list[Variant
         if is_ir_folder(scap) and stale_fusion(scap):  # fused by an older pass B: rebuild from its artifact
             log.info("re-fusing %s (fusion version changed)", scap.name)
             artifact = scap.parent / f"{scap.name}.{ARTIFACT_NAME}"
-            shutil.copy(scap / ARTIFACT_NAME, artifact)
-            export_scap(scap, str(dense), artifact=artifact, overwrite=True)
-            artifact.unlink()
+            shutil.copy(scap / ARTIFACT_NAME, artifact)  # out of the folder that overwrite replaces
+            try:
+                export_scap(scap, str(dense), artifact=artifact, overwrite=True)
+            finally:
+                artifact.unlink()
         if not is_ir_folder(scap):
             log.info("SCAP %s %s at %.2f", model, fmt, sparsity)
             windows = None
