@@ -113,6 +113,24 @@ struct V {
             }
         }
     }
+    // 2W 4-bit weights from W bytes, split by column parity: even = columns 0, 2, .., odd = columns 1, 3, ..
+    // (one widening load, one mask and one shift for both vectors, against a broadcast and two variable shifts
+    // per vector in loadw). i4 nibbles come out biased to unsigned, q + 8; the caller subtracts 8 * sum(d).
+    template <WType T>
+    static inline void loadw_split(const uint8_t* p, vec& even, vec& odd) {
+        __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+        if constexpr (T == WType::i4)
+            b = _mm256_xor_si256(b, _mm256_set1_epi32(0x88));
+        even = _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(0xF)));
+        odd = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+    }
+    // Inverse of the split: columns 0..W-1 to lo, W..2W-1 to hi.
+    static inline void unsplit(vec even, vec odd, vec& lo, vec& hi) {
+        const vec a = _mm256_unpacklo_ps(even, odd);  // columns 0-3 | 8-11
+        const vec b = _mm256_unpackhi_ps(even, odd);  // columns 4-7 | 12-15
+        lo = _mm256_permute2f128_ps(a, b, 0x20);
+        hi = _mm256_permute2f128_ps(a, b, 0x31);
+    }
 };
 
 #include "kernels/simd_impl.inl"

@@ -98,6 +98,19 @@ struct V {
             }
         }
     }
+    // 2W 4-bit weights from W bytes, split by column parity (see avx2.cpp); i4 comes out as q + 8.
+    template <WType T>
+    static inline void loadw_split(const uint8_t* p, vec& even, vec& odd) {
+        __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+        if constexpr (T == WType::i4)
+            b = _mm512_xor_si512(b, _mm512_set1_epi32(0x88));
+        even = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(0xF)));
+        odd = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+    }
+    static inline void unsplit(vec even, vec odd, vec& lo, vec& hi) {
+        lo = _mm512_permutex2var_ps(even, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), odd);
+        hi = _mm512_permutex2var_ps(even, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), odd);
+    }
 };
 
 #include "kernels/simd_impl.inl"

@@ -41,6 +41,12 @@ struct WInfo {
     // no faster that way (measured: equal or slower), so they keep 4 rows x 4 vectors.
     static constexpr int decode_rows = T == WType::f32 ? 8 : 4;
     static constexpr int decode_tv = T == WType::f32 ? (line_cols > V::W ? static_cast<int>(line_cols / V::W) : 1) : 4;
+    // 4-bit decode tiles read 2W columns at a time split by column parity (V::loadw_split): the tile loop's
+    // per-group accumulators hold each 2W-column block as [even columns, odd columns], and the group epilogue
+    // restores column order. i4 nibbles are read as q + 8, so the epilogue also subtracts 8 * sum(d).
+    static constexpr bool split = bits == 4;
+    static constexpr float split_bias = T == WType::i4 ? 8.0f : 0.0f;
+    static_assert(!split || decode_tv % 2 == 0, "split tiles take vectors in pairs");
 };
 
 static inline void prefetch_line(const void* p) {
@@ -120,8 +126,17 @@ static inline void decode_chunk(const uint8_t* const* rows,
             acc[v] = V::load(tgt + o + v * V::W);
         for (int i = 0; i < R; ++i) {
             const uint8_t* p = rows[i] + off;
-            for (int v = 0; v < TVD; ++v)
-                acc[v] = V::fmadd(dr[i], V::template loadw<T>(p + I::vbytes(v)), acc[v]);
+            if constexpr (I::split) {
+                for (int v = 0; v < TVD; v += 2) {
+                    typename V::vec even, odd;
+                    V::template loadw_split<T>(p + I::vbytes(v), even, odd);
+                    acc[v] = V::fmadd(dr[i], even, acc[v]);
+                    acc[v + 1] = V::fmadd(dr[i], odd, acc[v + 1]);
+                }
+            } else {
+                for (int v = 0; v < TVD; ++v)
+                    acc[v] = V::fmadd(dr[i], V::template loadw<T>(p + I::vbytes(v)), acc[v]);
+            }
         }
         for (int v = 0; v < TVD; ++v)
             V::store(tgt + o + v * V::W, acc[v]);
@@ -207,13 +222,25 @@ static void decode_t(const FcArgs& a, const Gathered& g, float* yrow, int64_t c0
             const typename V::vec vs = V::set1(gsum);
             const int64_t sbase = gi * a.OC + c0;
             const uint8_t* zrow = I::asym ? a.zp + I::bytes(gi * a.OC) : nullptr;
-            int64_t o = 0;
-            for (; o < nv; o += V::W) {
-                typename V::vec t = V::load(acc + o);
+            // y[o..o+W) += s * (t - zp * sum(d)) for one vector of unscaled group sums t in column order
+            const auto finish = [&](int64_t o, typename V::vec t) {
                 if (I::asym)
                     t = V::fnmadd(V::template loadw<T>(zrow + I::bytes(c0 + o)), vs, t);
                 V::store(y + o, V::fmadd(V::load_scale(a.scales, a.scales_f16, sbase + o), t, V::load(y + o)));
+            };
+            int64_t o = 0;
+            if constexpr (I::split) {
+                constexpr int64_t TW = I::decode_tv * V::W;
+                const typename V::vec bias = V::set1(I::split_bias * gsum);
+                for (; o < nv / TW * TW; o += 2 * V::W) {
+                    typename V::vec lo, hi;
+                    V::unsplit(V::load(acc + o), V::load(acc + o + V::W), lo, hi);
+                    finish(o, V::sub(lo, bias));
+                    finish(o + V::W, V::sub(hi, bias));
+                }
             }
+            for (; o < nv; o += V::W)
+                finish(o, V::load(acc + o));
             for (; o < n; ++o) {
                 float t = acc[o];
                 if (I::asym)
