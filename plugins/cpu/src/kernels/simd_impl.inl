@@ -41,11 +41,16 @@ struct WInfo {
     // no faster that way (measured: equal or slower), so they keep 4 rows x 4 vectors.
     static constexpr int decode_rows = T == WType::f32 ? 8 : 4;
     static constexpr int decode_tv = T == WType::f32 ? (line_cols > V::W ? static_cast<int>(line_cols / V::W) : 1) : 4;
-    // 4-bit decode tiles read 2W columns at a time split by column parity (V::loadw_split): the tile loop's
-    // per-group accumulators hold each 2W-column block as [even columns, odd columns], and the group epilogue
-    // restores column order. i4 nibbles are read as q + 8, so the epilogue also subtracts 8 * sum(d).
+    // 4-bit decode tiles (one-token and small-M) read 2W columns at a time split by column parity
+    // (V::loadw_split): the per-group accumulators of the columns the tile loop covers hold each 2W-column
+    // block as [even columns, odd columns], and finish_group restores column order. i4 nibbles are read as
+    // q + 8, so finish_group also subtracts 8 * sum(d).
     static constexpr bool split = bits == 4;
     static constexpr float split_bias = T == WType::i4 ? 8.0f : 0.0f;
+    // columns in split order after a tile loop of `tile` columns over nv vector columns
+    static constexpr int64_t split_cols(int64_t nv, int64_t tile) {
+        return split ? nv / tile * tile : 0;
+    }
     static_assert(!split || decode_tv % 2 == 0, "split tiles take vectors in pairs");
 };
 
@@ -94,6 +99,42 @@ static int64_t gather_entry(const FcArgs& a, const float* x, float* d, int32_t* 
 // ---------------------------------------------------------------------------------------------------------
 // decode
 // ---------------------------------------------------------------------------------------------------------
+
+// Dequantize one token's unscaled sums of group gi: y[o] += s[gi, o] * (acc[o] - zp[gi, o] * gsum), for the
+// columns [c0, c0 + n). The first `nsplit` columns of acc are in split order (WInfo::split): restore
+// column order, and take off the i4 bias (8 * gsum).
+template <WType T>
+static inline void finish_group(const FcArgs& a, const float* acc, float* y, int64_t gi, int64_t c0, int64_t n,
+                                int64_t nsplit, float gsum) {
+    using I = WInfo<T>;
+    const typename V::vec vs = V::set1(gsum);
+    const int64_t sbase = gi * a.OC + c0;
+    const uint8_t* zrow = I::asym ? a.zp + I::bytes(gi * a.OC) : nullptr;
+    const auto finish = [&](int64_t o, typename V::vec t) {
+        if (I::asym)
+            t = V::fnmadd(V::template loadw<T>(zrow + I::bytes(c0 + o)), vs, t);
+        V::store(y + o, V::fmadd(V::load_scale(a.scales, a.scales_f16, sbase + o), t, V::load(y + o)));
+    };
+    int64_t o = 0;
+    if constexpr (I::split) {
+        const typename V::vec bias = V::set1(I::split_bias * gsum);
+        for (; o < nsplit; o += 2 * V::W) {
+            typename V::vec lo, hi;
+            V::unsplit(V::load(acc + o), V::load(acc + o + V::W), lo, hi);
+            finish(o, V::sub(lo, bias));
+            finish(o + V::W, V::sub(hi, bias));
+        }
+    }
+    const int64_t nv = n / V::W * V::W;
+    for (; o < nv; o += V::W)
+        finish(o, V::load(acc + o));
+    for (; o < n; ++o) {
+        float t = acc[o];
+        if (I::asym)
+            t -= weight_at(T, zrow, c0 + o) * gsum;
+        y[o] += scale_at(a.scales, a.scales_f16, sbase + o) * t;
+    }
+}
 
 template <WType T, int R, bool PF_L2>
 static inline void decode_chunk(const uint8_t* const* rows,
@@ -217,37 +258,8 @@ static void decode_t(const FcArgs& a, const Gathered& g, float* yrow, int64_t c0
             else
                 decode_rows<T, false>(r, rows, dv, pf, npf, tgt, c0, nv, n);
         }
-        if (I::quant) {
-            const float gsum = g.gsum[gi];
-            const typename V::vec vs = V::set1(gsum);
-            const int64_t sbase = gi * a.OC + c0;
-            const uint8_t* zrow = I::asym ? a.zp + I::bytes(gi * a.OC) : nullptr;
-            // y[o..o+W) += s * (t - zp * sum(d)) for one vector of unscaled group sums t in column order
-            const auto finish = [&](int64_t o, typename V::vec t) {
-                if (I::asym)
-                    t = V::fnmadd(V::template loadw<T>(zrow + I::bytes(c0 + o)), vs, t);
-                V::store(y + o, V::fmadd(V::load_scale(a.scales, a.scales_f16, sbase + o), t, V::load(y + o)));
-            };
-            int64_t o = 0;
-            if constexpr (I::split) {
-                constexpr int64_t TW = I::decode_tv * V::W;
-                const typename V::vec bias = V::set1(I::split_bias * gsum);
-                for (; o < nv / TW * TW; o += 2 * V::W) {
-                    typename V::vec lo, hi;
-                    V::unsplit(V::load(acc + o), V::load(acc + o + V::W), lo, hi);
-                    finish(o, V::sub(lo, bias));
-                    finish(o + V::W, V::sub(hi, bias));
-                }
-            }
-            for (; o < nv; o += V::W)
-                finish(o, V::load(acc + o));
-            for (; o < n; ++o) {
-                float t = acc[o];
-                if (I::asym)
-                    t -= weight_at(T, zrow, c0 + o) * gsum;
-                y[o] += scale_at(a.scales, a.scales_f16, sbase + o) * t;
-            }
-        }
+        if (I::quant)
+            finish_group<T>(a, acc, y, gi, c0, n, I::split_cols(nv, I::decode_tv * V::W), g.gsum[gi]);
     }
 }
 
@@ -283,8 +295,13 @@ static inline void multi_chunk(const uint8_t* const* rows,
             acc[t][1] = V::load(tgt[t] + o + V::W);
         }
         for (int i = 0; i < R; ++i) {
-            const typename V::vec w0 = V::template loadw<T>(rows[i] + off);
-            const typename V::vec w1 = V::template loadw<T>(rows[i] + off + I::vbytes(1));
+            typename V::vec w0, w1;
+            if constexpr (I::split) {
+                V::template loadw_split<T>(rows[i] + off, w0, w1);
+            } else {
+                w0 = V::template loadw<T>(rows[i] + off);
+                w1 = V::template loadw<T>(rows[i] + off + I::vbytes(1));
+            }
             for (int t = 0; t < MT; ++t) {
                 const typename V::vec dt = V::set1(d4[4 * i + t]);
                 acc[t][0] = V::fmadd(dt, w0, acc[t][0]);
@@ -376,27 +393,9 @@ static void decode_multi_t(const FcArgs& a, const UnionRows& u, float* const* yr
             else
                 multi_rows<T, MT, false>(r, rows, u.d4 + 4 * p, pf, npf, tgt, c0, nv, n);
         }
-        if (I::quant) {
-            const int64_t sbase = gi * a.OC + c0;
-            const uint8_t* zrow = I::asym ? a.zp + I::bytes(gi * a.OC) : nullptr;
-            for (int t = 0; t < MT; ++t) {
-                const float gsum = u.gsum[t][gi];
-                const typename V::vec vs = V::set1(gsum);
-                int64_t o = 0;
-                for (; o < nv; o += V::W) {
-                    typename V::vec v = V::load(acc[t] + o);
-                    if (I::asym)
-                        v = V::fnmadd(V::template loadw<T>(zrow + I::bytes(c0 + o)), vs, v);
-                    V::store(y[t] + o, V::fmadd(V::load_scale(a.scales, a.scales_f16, sbase + o), v, V::load(y[t] + o)));
-                }
-                for (; o < n; ++o) {
-                    float v = acc[t][o];
-                    if (I::asym)
-                        v -= weight_at(T, zrow, c0 + o) * gsum;
-                    y[t][o] += scale_at(a.scales, a.scales_f16, sbase + o) * v;
-                }
-            }
-        }
+        if (I::quant)
+            for (int t = 0; t < MT; ++t)
+                finish_group<T>(a, acc[t], y[t], gi, c0, n, I::split_cols(nv, 2 * V::W), u.gsum[t][gi]);
     }
 }
 
