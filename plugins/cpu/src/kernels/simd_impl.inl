@@ -41,13 +41,15 @@ struct WInfo {
     // no faster that way (measured: equal or slower), so they keep 4 rows x 4 vectors.
     static constexpr int decode_rows = T == WType::f32 ? 8 : 4;
     static constexpr int decode_tv = T == WType::f32 ? (line_cols > V::W ? static_cast<int>(line_cols / V::W) : 1) : 4;
+    static constexpr int decode_tile = decode_tv * V::W;  // columns per step of the one-token tile loop
+    static constexpr int multi_tile = 2 * V::W;           // columns per step of the small-M tile loop
     // 4-bit decode tiles (one-token and small-M) read 2W columns at a time split by column parity
     // (V::loadw_split): the per-group accumulators of the columns the tile loop covers hold each 2W-column
     // block as [even columns, odd columns], and finish_group restores column order. i4 nibbles are read as
     // q + 8, so finish_group also subtracts 8 * sum(d).
     static constexpr bool split = bits == 4;
     static constexpr float split_bias = T == WType::i4 ? 8.0f : 0.0f;
-    // columns in split order after a tile loop of `tile` columns over nv vector columns
+    // columns in split order after a tile loop of `tile` (decode_tile or multi_tile) columns over nv vector columns
     static constexpr int64_t split_cols(int64_t nv, int64_t tile) {
         return split ? nv / tile * tile : 0;
     }
@@ -117,12 +119,15 @@ static inline void finish_group(const FcArgs& a, const float* acc, float* y, int
     };
     int64_t o = 0;
     if constexpr (I::split) {
-        const typename V::vec bias = V::set1(I::split_bias * gsum);
         for (; o < nsplit; o += 2 * V::W) {
             typename V::vec lo, hi;
             V::unsplit(V::load(acc + o), V::load(acc + o + V::W), lo, hi);
-            finish(o, V::sub(lo, bias));
-            finish(o + V::W, V::sub(hi, bias));
+            if constexpr (I::split_bias != 0.0f) {
+                lo = V::fnmadd(V::set1(I::split_bias), vs, lo);
+                hi = V::fnmadd(V::set1(I::split_bias), vs, hi);
+            }
+            finish(o, lo);
+            finish(o + V::W, hi);
         }
     }
     const int64_t nv = n / V::W * V::W;
@@ -147,7 +152,7 @@ static inline void decode_chunk(const uint8_t* const* rows,
                                 int64_t n) {
     using I = WInfo<T>;
     constexpr int TVD = I::decode_tv;
-    constexpr int TW = TVD * V::W;
+    constexpr int TW = I::decode_tile;
     typename V::vec dr[R];
     for (int i = 0; i < R; ++i)
         dr[i] = V::set1(dv[i]);
@@ -259,7 +264,7 @@ static void decode_t(const FcArgs& a, const Gathered& g, float* yrow, int64_t c0
                 decode_rows<T, false>(r, rows, dv, pf, npf, tgt, c0, nv, n);
         }
         if (I::quant)
-            finish_group<T>(a, acc, y, gi, c0, n, I::split_cols(nv, I::decode_tv * V::W), g.gsum[gi]);
+            finish_group<T>(a, acc, y, gi, c0, n, I::split_cols(nv, I::decode_tile), g.gsum[gi]);
     }
 }
 
@@ -277,7 +282,7 @@ static inline void multi_chunk(const uint8_t* const* rows,
                                int64_t nv,
                                int64_t n) {
     using I = WInfo<T>;
-    constexpr int TW = 2 * V::W;
+    constexpr int TW = I::multi_tile;
     int64_t o = 0;
     for (; o + TW <= nv; o += TW) {
         if (TW >= I::line_cols) {
@@ -395,7 +400,7 @@ static void decode_multi_t(const FcArgs& a, const UnionRows& u, float* const* yr
         }
         if (I::quant)
             for (int t = 0; t < MT; ++t)
-                finish_group<T>(a, acc[t], y[t], gi, c0, n, I::split_cols(nv, 2 * V::W), u.gsum[t][gi]);
+                finish_group<T>(a, acc[t], y[t], gi, c0, n, I::split_cols(nv, I::multi_tile), u.gsum[t][gi]);
     }
 }
 
