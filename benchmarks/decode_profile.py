@@ -33,7 +33,6 @@ from common import cpu_name, parse_or_print_table, publish, result_parser  # fir
 import openvino as ov
 
 from scap_ov import assets
-from scap_ov.config import AUTO_METHOD, METHODS
 from scap_ov.export import IR_XML
 from scap_ov.extension import register
 
@@ -71,8 +70,9 @@ class Stepper:
     time per node is the difference of the running totals (average x inferences) before and after it.
     """
 
-    def __init__(self, core: ov.Core, folder: Path):
-        self.request = core.compile_model(folder / IR_XML, "CPU", {"PERF_COUNT": True}).create_infer_request()
+    def __init__(self, core: ov.Core, folder: Path, threads: int = 0):
+        config = {"PERF_COUNT": True, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        self.request = core.compile_model(folder / IR_XML, "CPU", config).create_infer_request()
         self.inputs = {port.any_name for port in self.request.model_inputs}
         self.runs = 0
         self.totals: dict[str, float] = {}  # node name -> ms summed over all runs
@@ -129,7 +129,7 @@ class Stepper:
 
 def profile(variant: e2e.Variant, args, prompt: np.ndarray) -> list[dict]:
     core = register(ov.Core())
-    steppers = {"dense": Stepper(core, variant.dense), "scap": Stepper(core, variant.scap)}
+    steppers = {"dense": Stepper(core, variant.dense, args.threads), "scap": Stepper(core, variant.scap, args.threads)}
     samples = {k: [] for k in steppers}
     for stepper in steppers.values():
         stepper.start(prompt)
@@ -194,18 +194,19 @@ def main(argv=None) -> int:
     ap.add_argument("--model", choices=[e2e.SMOLLM, e2e.SLICE], default=e2e.SMOLLM)
     ap.add_argument("--formats", nargs="*", choices=list(e2e.FORMATS), default=["fp32", "int8"])
     ap.add_argument("--sparsities", nargs="*", type=float, default=[0.3])
-    ap.add_argument("--method", default=AUTO_METHOD, choices=METHODS + (AUTO_METHOD,))
-    ap.add_argument("--samples", type=int, default=16, help="SmolLM2 calibration windows (as e2e)")
+    e2e.calibration_arguments(ap)
     ap.add_argument("--slice-layers", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--pair", nargs=2, type=Path, metavar=("DENSE", "SCAP"),
                     help="profile these two folders instead of e2e's (e.g. a dense IR and a SCAP export of it)")
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--warmup", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS of both models (0: plugin default)")
     args = parse_or_print_table(ap, argv, table)
     if args is None:
         return 0
     logging.basicConfig(level=logging.INFO, format="decode_profile: %(message)s", stream=sys.stderr)
+    e2e.probe_defaults(args, quick=False)
     started = time.time()
     records = []
     if args.pair:
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
         records += profile(variant, args, e2e.prompt_ids(variant.model, variant.dense, args.prompt_tokens))
     result = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "threads": os.cpu_count(),
                        "openvino": ov.get_version(), "model": args.model, "prompt_tokens": args.prompt_tokens,
-                       "steps": args.steps, "command": "python " + " ".join(sys.argv),
+                       "steps": args.steps, "inference_threads": args.threads or "default", "command": "python " + " ".join(sys.argv),
                        "seconds": round(time.time() - started, 1)},
               "records": records}
     publish(args.json, result, plot, table)

@@ -135,7 +135,9 @@ def prepare(args, model: str, fmt: str, sparsities: list[float]) -> list[Variant
         # the slice: uniform thresholds at the target on its own inputs; SmolLM2: the export's method (default
         # auto = greedy allocation, what `scap-ov export` gives a user)
         method = "scap" if model == SLICE else args.method
-        mtag = "" if method == "scap" else f"{method}-"
+        probes = dict(probe_windows=args.probe_windows, probe_tokens=args.probe_tokens)
+        greedy = CalibrationConfig(method=method, targets=parse_targets(sparsity)).resolved(False).method == "greedy"
+        mtag = "" if method == "scap" else f"{method}-" + (f"p{args.probe_windows}x{args.probe_tokens}-" if greedy else "")
         scap = work / f"{tag}{fmt}-{mtag}scap{sparsity:g}-{samples}x{seq_len}"
         if is_ir_folder(scap) and stale_fusion(scap):  # fused by an older pass B: rebuild from its artifact
             log.info("re-fusing %s (fusion version changed)", scap.name)
@@ -151,7 +153,7 @@ def prepare(args, model: str, fmt: str, sparsities: list[float]) -> list[Variant
             if model == SLICE:  # random token ids: the slice's "own inputs"
                 windows = np.random.default_rng(0).integers(3, SLICE_VOCAB, (samples, seq_len), dtype=np.int64)
             config = CalibrationConfig(targets=parse_targets(sparsity), samples=samples, seq_len=seq_len,
-                                       method=method)
+                                       method=method, **probes)
             export_scap(scap, str(dense), config, overwrite=True, windows=windows)
         variants.append(Variant(model, fmt, sparsity, dense, scap))
     return variants
@@ -281,6 +283,24 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def calibration_arguments(ap) -> None:
+    """How prepare() calibrates SmolLM2 (shared with decode_profile.py, which profiles the same folders)."""
+    ap.add_argument("--method", default=AUTO_METHOD, choices=METHODS + (AUTO_METHOD,),
+                    help="SmolLM2 calibration method (default: the export default)")
+    ap.add_argument("--samples", type=int, default=16, help="SmolLM2 calibration windows of 256 tokens")
+    ap.add_argument("--probe-windows", type=int, default=None,
+                    help=f"greedy's probe windows (default: the export's, {CalibrationConfig.probe_windows}; --quick: 4)")
+    ap.add_argument("--probe-tokens", type=int, default=None,
+                    help=f"greedy's tokens per probe window (default: the export's, {CalibrationConfig.probe_tokens}; "
+                         "--quick: 128)")
+
+
+def probe_defaults(args, quick: bool) -> None:
+    """Fill unset probe sizes: the export's defaults, or small ones for --quick (export in ~1 minute, not ~18)."""
+    args.probe_windows = args.probe_windows or (4 if quick else CalibrationConfig.probe_windows)
+    args.probe_tokens = args.probe_tokens or (128 if quick else CalibrationConfig.probe_tokens)
+
+
 def main(argv=None) -> int:
     ap = result_parser(__doc__)
     ap.add_argument("--quick", action="store_true",
@@ -291,9 +311,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sparsities", nargs="*", type=float, default=None, help="SmolLM2 sweep")
     ap.add_argument("--models", nargs="*", choices=[SMOLLM, SLICE], default=[SMOLLM, SLICE])
     ap.add_argument("--slice-layers", type=int, default=None)
-    ap.add_argument("--method", default=AUTO_METHOD, choices=METHODS + (AUTO_METHOD,),
-                    help="SmolLM2 calibration method (default: the export default)")
-    ap.add_argument("--samples", type=int, default=16, help="SmolLM2 calibration windows of 256 tokens")
+    calibration_arguments(ap)
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=None)
@@ -308,6 +326,7 @@ def main(argv=None) -> int:
     args.sparsities = args.sparsities or ([0.3] if quick else [0.2, 0.3, 0.4, 0.5])
     args.slice_layers = args.slice_layers or (1 if quick else 2)
     args.reps = args.reps or (3 if quick else 5)
+    probe_defaults(args, quick)
     args.new_tokens = args.new_tokens or (16 if quick else 32)
     args.ppl_windows = args.ppl_windows or (2 if quick else 16)
     logging.basicConfig(level=logging.INFO, format="e2e: %(message)s", stream=sys.stderr)
@@ -340,6 +359,7 @@ def main(argv=None) -> int:
         "openvino": ov.get_version(), "openvino_genai": openvino_genai.__version__, "python": platform.python_version(),
         "quick": quick, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "reps": args.reps,
         "ppl_windows_x256": args.ppl_windows, "slice_layers": args.slice_layers, "smollm2_calibration": args.samples,
+        "smollm2_probes": f"{args.probe_windows}x{args.probe_tokens}",
         "seconds": round(time.time() - started, 1),
     }, "records": records}
     publish(args.json, result, plot, table)

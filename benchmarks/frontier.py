@@ -32,12 +32,17 @@ METHODS = {"teal": dict(method="teal"), "cats": dict(method="cats"), "scap-kde":
            "greedy": dict(method="greedy", greedy_loss="kl"),
            "greedy-weighted": dict(method="greedy", score="weighted", greedy_loss="kl"),
            "greedy-nll": dict(method="greedy", greedy_loss="nll"),
+           # ... with probes on 16 windows x 256 tokens instead of 4 x 128 (8x the probe tokens: less noisy costs)
+           "greedy-nll-p16": dict(method="greedy", greedy_loss="nll", probe_windows=16, probe_tokens=256),
            # with the least-squares weight correction (--weight-correction)
            "teal-ls": dict(method="teal", weight_correction=True),
            "greedy-ls": dict(method="greedy", greedy_loss="kl", weight_correction=True),
            "greedy-nll-ls": dict(method="greedy", greedy_loss="nll", weight_correction=True),
            # ... with groups of 5 blocks instead of 10 (finer allocation, twice the probes)
-           "greedy-ls-b5": dict(method="greedy", greedy_loss="kl", weight_correction=True, blocks_per_group=5)}
+           "greedy-ls-b5": dict(method="greedy", greedy_loss="kl", weight_correction=True, blocks_per_group=5),
+           # ... with 8x the probe tokens (as greedy-nll-p16)
+           "greedy-nll-ls-p16": dict(method="greedy", greedy_loss="nll", weight_correction=True, probe_windows=16,
+                                     probe_tokens=256)}
 BUDGETS = (0.25, 0.4, 0.5, 0.6)
 
 

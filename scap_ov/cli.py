@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from scap_ov.compression import WEIGHT_FORMATS
-from scap_ov.config import AUTO_METHOD, GREEDY_LOSSES, METHODS, SCORES
+from scap_ov.config import AUTO_METHOD, GREEDY_LOSSES, METHODS, SCORES, CalibrationConfig
 from scap_ov.errors import ScapError
 from scap_ov.layers import LAYER_TYPES
 
@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--greedy-loss", default=GREEDY_LOSSES[0], choices=GREEDY_LOSSES,
                     help="greedy's probe cost: nll, the increase of the next-token loss on the calibration text "
                          "(default); kl, the next-token KL from the dense model")
+    ex.add_argument("--probe-windows", type=int, default=CalibrationConfig.probe_windows,
+                    help="greedy: calibration windows each probe measures the loss on (default %(default)s; fewer "
+                         "is faster and noisier)")
+    ex.add_argument("--probe-tokens", type=int, default=CalibrationConfig.probe_tokens,
+                    help="greedy: tokens of each probe window (default %(default)s)")
     ex.add_argument("--weight-correction", action="store_true",
                     help="least-squares weight correction: fit each FC's float weights so its kept inputs stand in "
                          "for the pruned ones (same bytes read at decode; float weights only)")
@@ -137,6 +142,7 @@ def _export(args) -> int:
     config = CalibrationConfig(targets=parse_targets(args.sparsity, dict(args.target)), mode=args.mode,
                                samples=args.samples, seq_len=args.seq_len, refine_passes=args.refine_passes,
                                method=args.method, score=args.score, greedy_loss=args.greedy_loss,
+                               probe_windows=args.probe_windows, probe_tokens=args.probe_tokens,
                                weight_correction=args.weight_correction, correction_damping=args.correction_damping)
     weight_format = None
     if args.weight_format:

@@ -17,6 +17,8 @@ FAST_FAILURES = [
     (["--method", "teal", "--mode", "median"], "TEAL thresholds zero-centred magnitudes"),
     (["--method", "greedy", "--target", "down=0.5"], "per-type --target values do not apply"),
     (["--samples", "0"], "--samples must be >= 1"),
+    (["--probe-windows", "0"], "probe windows must be >= 1"),
+    (["--probe-tokens", "1"], "probe tokens >= 2"),
     (["--refine-passes", "9"], "--refine-passes must lie in [0, 5]"),
     (["--calibration-data", "/no/such/text.txt"], "text file /no/such/text.txt does not exist"),
     (["--weight-format", "int8", "--group-size", "64"], "--group-size applies to int4 weights only"),
