@@ -135,8 +135,9 @@ def prepare(args, model: str, fmt: str, sparsities: list[float]) -> list[Variant
         # the slice: uniform thresholds at the target on its own inputs; SmolLM2: the export's method (default
         # auto = greedy allocation, what `scap-ov export` gives a user)
         method = "scap" if model == SLICE else args.method
-        probes = dict(probe_windows=args.probe_windows, probe_tokens=args.probe_tokens)
-        greedy = CalibrationConfig(method=method, targets=parse_targets(sparsity)).resolved(False).method == "greedy"
+        config = CalibrationConfig(targets=parse_targets(sparsity), samples=samples, seq_len=seq_len, method=method,
+                                   probe_windows=args.probe_windows, probe_tokens=args.probe_tokens)
+        greedy = config.resolved(False).method == "greedy"  # folders named by probe size: it changes the result
         mtag = "" if method == "scap" else f"{method}-" + (f"p{args.probe_windows}x{args.probe_tokens}-" if greedy else "")
         scap = work / f"{tag}{fmt}-{mtag}scap{sparsity:g}-{samples}x{seq_len}"
         if is_ir_folder(scap) and stale_fusion(scap):  # fused by an older pass B: rebuild from its artifact
@@ -152,8 +153,6 @@ def prepare(args, model: str, fmt: str, sparsities: list[float]) -> list[Variant
             windows = None
             if model == SLICE:  # random token ids: the slice's "own inputs"
                 windows = np.random.default_rng(0).integers(3, SLICE_VOCAB, (samples, seq_len), dtype=np.int64)
-            config = CalibrationConfig(targets=parse_targets(sparsity), samples=samples, seq_len=seq_len,
-                                       method=method, **probes)
             export_scap(scap, str(dense), config, overwrite=True, windows=windows)
         variants.append(Variant(model, fmt, sparsity, dense, scap))
     return variants

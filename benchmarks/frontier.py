@@ -26,23 +26,25 @@ from scap_ov.export import dense_ir, is_ir_folder
 from scap_ov.pipeline import evaluate_folder, export_scap
 
 log = logging.getLogger("scap_ov.frontier")
-# method name in the table -> CalibrationConfig settings
+# method name in the table -> CalibrationConfig settings. The greedy rows measured before the export's probe
+# default became 16 x 256 keep the probes they were measured with, so a rerun reproduces them.
+OLD_PROBES = dict(probe_windows=4, probe_tokens=128)
 METHODS = {"teal": dict(method="teal"), "cats": dict(method="cats"), "scap-kde": dict(method="scap", mode="kde"),
            "channel": dict(method="scap", mode="channel"), "weighted": dict(method="scap", score="weighted"),
-           "greedy": dict(method="greedy", greedy_loss="kl"),
-           "greedy-weighted": dict(method="greedy", score="weighted", greedy_loss="kl"),
-           "greedy-nll": dict(method="greedy", greedy_loss="nll"),
-           # ... with probes on 16 windows x 256 tokens instead of 4 x 128 (8x the probe tokens: less noisy costs)
-           "greedy-nll-p16": dict(method="greedy", greedy_loss="nll", probe_windows=16, probe_tokens=256),
+           "greedy": dict(method="greedy", greedy_loss="kl", **OLD_PROBES),
+           "greedy-weighted": dict(method="greedy", score="weighted", greedy_loss="kl", **OLD_PROBES),
+           "greedy-nll": dict(method="greedy", greedy_loss="nll", **OLD_PROBES),
+           # ... with the export's probes, 16 windows x 256 tokens (8x the probe tokens: less noisy costs)
+           "greedy-nll-p16": dict(method="greedy", greedy_loss="nll"),
            # with the least-squares weight correction (--weight-correction)
            "teal-ls": dict(method="teal", weight_correction=True),
-           "greedy-ls": dict(method="greedy", greedy_loss="kl", weight_correction=True),
-           "greedy-nll-ls": dict(method="greedy", greedy_loss="nll", weight_correction=True),
+           "greedy-ls": dict(method="greedy", greedy_loss="kl", weight_correction=True, **OLD_PROBES),
+           "greedy-nll-ls": dict(method="greedy", greedy_loss="nll", weight_correction=True, **OLD_PROBES),
            # ... with groups of 5 blocks instead of 10 (finer allocation, twice the probes)
-           "greedy-ls-b5": dict(method="greedy", greedy_loss="kl", weight_correction=True, blocks_per_group=5),
-           # ... with 8x the probe tokens (as greedy-nll-p16)
-           "greedy-nll-ls-p16": dict(method="greedy", greedy_loss="nll", weight_correction=True, probe_windows=16,
-                                     probe_tokens=256)}
+           "greedy-ls-b5": dict(method="greedy", greedy_loss="kl", weight_correction=True, blocks_per_group=5,
+                                **OLD_PROBES),
+           # ... with the export's probes (as greedy-nll-p16)
+           "greedy-nll-ls-p16": dict(method="greedy", greedy_loss="nll", weight_correction=True)}
 BUDGETS = (0.25, 0.4, 0.5, 0.6)
 
 
