@@ -93,6 +93,10 @@ def test_nll_probe_cost_is_the_increase_of_the_mean_next_token_loss():
     expected = log_ppl[1] - log_ppl[0]
     assert abs(expected) > 1e-3  # the thresholds really move the loss
     assert probe.cost(taus) == pytest.approx(expected, rel=1e-3, abs=1e-5)
+    # Per window (benchmarks/probe_transfer.py's standard errors): the windows' increases add up to the cost.
+    per_window = probe.nll_increase(taus)
+    assert per_window.shape == (len(windows),) and len(set(np.round(per_window, 6))) > 1
+    assert per_window.sum() / (windows.shape[0] * (windows.shape[1] - 1)) == pytest.approx(expected, rel=1e-3, abs=1e-5)
     assert SensitivityProbe(model, fcs, {fc.name: 0.02 for fc in fcs}, windows, loss="kl").cost(taus) == \
         pytest.approx(probe.kl(taus))
 

@@ -82,12 +82,13 @@ class SensitivityProbe:
         self.set_taus({})
         # Per window: dense probabilities p and sum(p log p), so a probe costs one log-softmax, not two.
         self.reference = []
-        self.dense_nll = 0.0
+        dense_nll = []
         for w in windows:
             logp = _log_softmax(self.evaluator.forward(w)[0])
             p = np.exp(logp)
             self.reference.append((p, float((p * logp).sum())))
-            self.dense_nll += _nll(logp, w)
+            dense_nll.append(_nll(logp, w))
+        self.dense_nll = np.array(dense_nll)
 
     def set_taus(self, taus: dict[str, float | np.ndarray]) -> None:
         for fc in self.fcs:
@@ -99,9 +100,12 @@ class SensitivityProbe:
         """The allocation's cost of ``taus``: ``kl``, or ``nll`` (mean next-token loss increase per token)."""
         if self.loss == "kl":
             return self.kl(taus)
+        return float(self.nll_increase(taus).sum()) / sum(len(w) - 1 for w in self.windows)
+
+    def nll_increase(self, taus: dict[str, float | np.ndarray]) -> np.ndarray:
+        """Per window: the increase of its summed next-token loss with ``taus`` (FCs not named stay dense)."""
         self.set_taus(taus)
-        pruned = sum(_nll(_log_softmax(self.evaluator.forward(w)[0]), w) for w in self.windows)
-        return (pruned - self.dense_nll) / sum(len(w) - 1 for w in self.windows)
+        return np.array([_nll(_log_softmax(self.evaluator.forward(w)[0]), w) for w in self.windows]) - self.dense_nll
 
     def kl(self, taus: dict[str, float]) -> float:
         """Mean per-token KL(dense || pruned) with ``taus`` (FCs not named stay dense)."""
