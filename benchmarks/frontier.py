@@ -36,6 +36,8 @@ METHODS = {"teal": dict(method="teal"), "cats": dict(method="cats"), "scap-kde":
            "greedy-nll": dict(method="greedy", greedy_loss="nll", **OLD_PROBES),
            # ... with the export's probes, 16 windows x 256 tokens (8x the probe tokens: less noisy costs)
            "greedy-nll-p16": dict(method="greedy", greedy_loss="nll"),
+           # ... with levels 0.05 apart instead of 0.1 (finer allocation, about twice the probes)
+           "greedy-nll-p16-s05": dict(method="greedy", greedy_loss="nll", level_step=0.05),
            # with the least-squares weight correction (--weight-correction)
            "teal-ls": dict(method="teal", weight_correction=True),
            "greedy-ls": dict(method="greedy", greedy_loss="kl", weight_correction=True, **OLD_PROBES),

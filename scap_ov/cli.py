@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "is faster and noisier)")
     ex.add_argument("--probe-tokens", type=int, default=CalibrationConfig.probe_tokens,
                     help="greedy: tokens of each probe window (default %(default)s)")
+    ex.add_argument("--level-step", type=float, default=CalibrationConfig.level_step,
+                    help="greedy: spacing of the sparsity levels a group can take (default %(default)s; 0.05 is "
+                         "finer and takes about twice the probes)")
     ex.add_argument("--weight-correction", action="store_true",
                     help="least-squares weight correction: fit each FC's float weights so its kept inputs stand in "
                          "for the pruned ones (same bytes read at decode; float weights only)")
@@ -143,7 +146,7 @@ def _export(args) -> int:
                                samples=args.samples, seq_len=args.seq_len, refine_passes=args.refine_passes,
                                method=args.method, score=args.score, greedy_loss=args.greedy_loss,
                                probe_windows=args.probe_windows, probe_tokens=args.probe_tokens,
-                               weight_correction=args.weight_correction, correction_damping=args.correction_damping)
+                               level_step=args.level_step, weight_correction=args.weight_correction, correction_damping=args.correction_damping)
     weight_format = None
     if args.weight_format:
         weight_format = WeightFormat(args.weight_format, args.group_size, args.sym).validate()

@@ -60,6 +60,7 @@ class CalibrationConfig:
     probe_windows: int = 16
     probe_tokens: int = 256
     greedy_loss: str = GREEDY_LOSSES[0]  # greedy: cost of a group's level
+    level_step: float = 0.1  # greedy: spacing of the sparsity levels a group can take (1 / step an integer)
     weight_correction: bool = False  # least-squares weight correction (scap_ov.calibration.correction)
     correction_damping: float = 1.0  # its ridge, in units of the mean kept-input energy
 
@@ -99,6 +100,10 @@ class CalibrationConfig:
         if self.weight_correction and self.method == "cats":
             raise ScapError("--weight-correction corrects the FCs SCAP prunes the inputs of; CATS prunes act(gate) "
                             "inside the MLP instead: use another --method")
+        steps = 1.0 / self.level_step if isinstance(self.level_step, (int, float)) and self.level_step > 0 else 0.0
+        if not (0 < self.level_step <= 0.5 and abs(steps - round(steps)) < 1e-6):
+            raise ScapError(f"--level-step must divide 1 into 2 or more equal levels (e.g. 0.1, 0.05), got "
+                            f"{self.level_step!r}")
         if self.blocks_per_group < 1 or self.probe_windows < 1 or self.probe_tokens < 2:
             raise ScapError("blocks per group and probe windows must be >= 1, probe tokens >= 2")
         return self

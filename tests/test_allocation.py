@@ -6,7 +6,7 @@ import pytest
 from conftest import F32, tiny_block_model
 from scap_ov.artifact import Artifact, FCThreshold
 from scap_ov.calibration import calibrate
-from scap_ov.calibration.allocation import LEVELS, Group, SensitivityProbe, allocate, make_groups
+from scap_ov.calibration.allocation import LEVELS, Group, SensitivityProbe, allocate, make_groups, sparsity_levels
 from scap_ov.config import CalibrationConfig, parse_targets
 from scap_ov.errors import ScapError
 from scap_ov.evaluation import Evaluator
@@ -36,6 +36,18 @@ def test_allocation_meets_the_budget_and_prunes_cheap_groups_more():
     assert targets["cheap"] > targets["dear"] and targets["big_cheap"] > targets["dear"]
     assert len(asked) == len(set(asked)) < len(groups) * len(LEVELS)  # lazy: each level measured once, if needed
     assert groups[0].costs == [0.0] + [_quadratic(groups[0], lv) for lv in LEVELS[: len(groups[0].costs) - 1]]
+
+
+def test_finer_levels_land_closer_to_the_budget():
+    def pruned(levels):
+        groups = [Group("cheap", [], 100), Group("dear", [], 100), Group("big_cheap", [], 300)]
+        targets = allocate(groups, 0.37, _quadratic, levels)
+        assert set(targets.values()) <= set(levels) | {0.0}
+        return sum(targets[g.name] * g.nbytes for g in groups) / sum(g.nbytes for g in groups)
+
+    assert sparsity_levels(0.05) == tuple(round(0.05 * i, 6) for i in range(1, 20))
+    coarse, fine = pruned(LEVELS), pruned(sparsity_levels(0.05))
+    assert 0.37 <= fine < coarse and fine <= 0.37 + 0.05
 
 
 def test_a_budget_the_levels_cannot_reach_is_refused():
@@ -106,5 +118,9 @@ def test_greedy_nll_loss_records_its_curves_and_an_unknown_loss_is_refused():
                                blocks_per_group=1, probe_windows=2, refine_passes=0)  # nll: the default
     allocation = calibrate(tiny_block_model(blocks=2, vocab=VOCAB), _windows(), config).calibration["allocation"]
     assert allocation["loss"] == "nll" and all(len(g["nll"]) >= 2 for g in allocation["groups"].values())
+    config.level_step = 0.25  # the export's levels follow the config's spacing
+    allocation = calibrate(tiny_block_model(blocks=2, vocab=VOCAB), _windows(), config).calibration["allocation"]
+    assert allocation["levels"] == [0.0, 0.25, 0.5, 0.75]
+    assert {g["target"] for g in allocation["groups"].values()} <= {0.0, 0.25, 0.5, 0.75}
     with pytest.raises(ScapError, match=r"unknown greedy loss 'mse' \(choose from nll, kl\)"):
         CalibrationConfig(greedy_loss="mse").validate()

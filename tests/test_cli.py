@@ -19,6 +19,8 @@ FAST_FAILURES = [
     (["--samples", "0"], "--samples must be >= 1"),
     (["--probe-windows", "0"], "probe windows must be >= 1"),
     (["--probe-tokens", "1"], "probe tokens >= 2"),
+    (["--level-step", "0.3"], "--level-step must divide 1 into 2 or more equal levels"),
+    (["--level-step", "0"], "--level-step must divide 1 into 2 or more equal levels"),
     (["--refine-passes", "9"], "--refine-passes must lie in [0, 5]"),
     (["--calibration-data", "/no/such/text.txt"], "text file /no/such/text.txt does not exist"),
     (["--weight-format", "int8", "--group-size", "64"], "--group-size applies to int4 weights only"),

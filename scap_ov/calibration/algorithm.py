@@ -186,7 +186,7 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray] | list[dic
             targets, info["allocation"] = greedy_targets(
                 model, fcs, lambda fc, level: centres[fc.name].solve(stats[fc.name], level, False)[0],
                 {name: c.mode for name, c in centres.items()}, windows[: config.probe_windows], config.budget,
-                config.blocks_per_group, layer_patterns, config.greedy_loss, config.probe_tokens)
+                config.blocks_per_group, layer_patterns, config.greedy_loss, config.probe_tokens, config.level_step)
         else:
             targets = {fc.name: config.targets[fc.layer_type] for fc in fcs}
             centres = _centres(fcs, stats, config, targets)

@@ -32,7 +32,14 @@ from scap_ov.layers import FC, SHARED_INPUT
 from scap_ov.transformations.portable import TAU_INPUT_PREFIX, apply_portable
 
 log = logging.getLogger("scap_ov")
-LEVELS = tuple(round(0.1 * i, 1) for i in range(1, 10))  # sparsity levels a group can take
+
+
+def sparsity_levels(step: float) -> tuple[float, ...]:
+    """The sparsity levels a group can take: the multiples of ``step`` in (0, 1)."""
+    return tuple(round(step * i, 6) for i in range(1, int(round(1.0 / step))))
+
+
+LEVELS = sparsity_levels(0.1)  # the default spacing (CalibrationConfig.level_step)
 DISABLED_TAU = -1.0  # |x - m| > -1 always: the FC keeps every input
 
 
@@ -117,7 +124,8 @@ class SensitivityProbe:
         return total / count
 
 
-def allocate(groups: list[Group], budget: float, cost: Callable[[Group, float], float]) -> dict[str, float]:
+def allocate(groups: list[Group], budget: float, cost: Callable[[Group, float], float],
+             levels: tuple[float, ...] = LEVELS) -> dict[str, float]:
     """Group name -> target sparsity meeting ``budget`` pruned FC-weight bytes at least summed cost.
 
     Greedy on marginal cost per byte: repeatedly raise the group whose next level adds the least cost per
@@ -125,7 +133,7 @@ def allocate(groups: list[Group], budget: float, cost: Callable[[Group, float], 
     measurements is (groups + steps taken), not groups x levels.
     """
     total = sum(g.nbytes for g in groups)
-    levels = (0.0,) + LEVELS
+    levels = (0.0,) + tuple(levels)
     position = {g.name: 0 for g in groups}
     for g in groups:
         g.costs = [0.0]
@@ -150,13 +158,15 @@ def allocate(groups: list[Group], budget: float, cost: Callable[[Group, float], 
 
 def greedy_targets(model: ov.Model, fcs: list[FC], tau_at: Callable[[FC, float], float | np.ndarray],
                    modes: dict[str, float | np.ndarray], windows: np.ndarray, budget: float, blocks_per_group: int,
-                   layer_patterns: dict[str, str] | None, loss: str, probe_tokens: int) -> tuple[dict[str, float], dict]:
+                   layer_patterns: dict[str, str] | None, loss: str, probe_tokens: int,
+                   level_step: float = 0.1) -> tuple[dict[str, float], dict]:
     """Per-FC targets meeting ``budget`` and a report (group curves and targets) for the artifact.
 
     ``tau_at(fc, level)``: the FC's threshold (scalar or per channel) for sparsity ``level`` on the dense model.
     """
     groups = make_groups(fcs, blocks_per_group)
-    shapes = {fc.name: np.shape(tau_at(fc, LEVELS[0])) for fc in fcs}
+    levels = sparsity_levels(level_step)
+    shapes = {fc.name: np.shape(tau_at(fc, levels[0])) for fc in fcs}
     probe = SensitivityProbe(model, fcs, modes, windows[:, :probe_tokens], layer_patterns, shapes, loss)
     progress = tqdm(desc="Allocation probes", unit="probe", leave=False)
 
@@ -164,11 +174,11 @@ def greedy_targets(model: ov.Model, fcs: list[FC], tau_at: Callable[[FC, float],
         progress.update()
         return probe.cost({fc.name: tau_at(fc, level) for fc in group.fcs})
 
-    targets = allocate(groups, budget, cost)
+    targets = allocate(groups, budget, cost, levels)
     progress.close()
     log.info("greedy allocation (%d probes): %s", progress.n,
              ", ".join(f"{name} {t:.1f}" for name, t in targets.items()))
     per_fc = {fc.name: targets[g.name] for g in groups for fc in g.fcs}
-    report = {"levels": [0.0, *LEVELS], "probes": progress.n, "loss": loss,
+    report = {"levels": [0.0, *levels], "probes": progress.n, "loss": loss,
               "groups": {g.name: {loss: [round(c, 6) for c in g.costs], "target": targets[g.name]} for g in groups}}
     return per_fc, report
