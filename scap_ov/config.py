@@ -60,7 +60,9 @@ class CalibrationConfig:
     probe_windows: int = 16
     probe_tokens: int = 256
     greedy_loss: str = GREEDY_LOSSES[0]  # greedy: cost of a group's level
-    level_step: float = 0.1  # greedy: spacing of the sparsity levels a group can take (1 / step an integer)
+    # greedy: spacing of the sparsity levels a group can take (1 / step an integer). 0.05 gave 1.103x dense
+    # perplexity at 40% on SmolLM2 against 1.083x for 0.1: a finer grid leans harder on additive group costs.
+    level_step: float = 0.1
     weight_correction: bool = False  # least-squares weight correction (scap_ov.calibration.correction)
     correction_damping: float = 1.0  # its ridge, in units of the mean kept-input energy
 
