@@ -146,7 +146,8 @@ def _export(args) -> int:
                                samples=args.samples, seq_len=args.seq_len, refine_passes=args.refine_passes,
                                method=args.method, score=args.score, greedy_loss=args.greedy_loss,
                                probe_windows=args.probe_windows, probe_tokens=args.probe_tokens,
-                               level_step=args.level_step, weight_correction=args.weight_correction, correction_damping=args.correction_damping)
+                               level_step=args.level_step, weight_correction=args.weight_correction,
+                               correction_damping=args.correction_damping)
     weight_format = None
     if args.weight_format:
         weight_format = WeightFormat(args.weight_format, args.group_size, args.sym).validate()

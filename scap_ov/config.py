@@ -102,8 +102,8 @@ class CalibrationConfig:
         if self.weight_correction and self.method == "cats":
             raise ScapError("--weight-correction corrects the FCs SCAP prunes the inputs of; CATS prunes act(gate) "
                             "inside the MLP instead: use another --method")
-        steps = 1.0 / self.level_step if isinstance(self.level_step, (int, float)) and self.level_step > 0 else 0.0
-        if not (0 < self.level_step <= 0.5 and abs(steps - round(steps)) < 1e-6):
+        step = self.level_step
+        if not (isinstance(step, (int, float)) and 0 < step <= 0.5 and abs(1 / step - round(1 / step)) < 1e-6):
             raise ScapError(f"--level-step must divide 1 into 2 or more equal levels (e.g. 0.1, 0.05), got "
                             f"{self.level_step!r}")
         if self.blocks_per_group < 1 or self.probe_windows < 1 or self.probe_tokens < 2:

@@ -26,6 +26,7 @@ import openvino as ov
 from tqdm.auto import tqdm
 
 from scap_ov.artifact import Artifact, FCThreshold, json_value
+from scap_ov.config import CalibrationConfig
 from scap_ov.errors import ScapError
 from scap_ov.evaluation import Evaluator
 from scap_ov.layers import FC, SHARED_INPUT
@@ -39,7 +40,7 @@ def sparsity_levels(step: float) -> tuple[float, ...]:
     return tuple(round(step * i, 6) for i in range(1, int(round(1.0 / step))))
 
 
-LEVELS = sparsity_levels(0.1)  # the default spacing (CalibrationConfig.level_step)
+LEVELS = sparsity_levels(CalibrationConfig.level_step)  # the default levels
 DISABLED_TAU = -1.0  # |x - m| > -1 always: the FC keeps every input
 
 
@@ -159,7 +160,7 @@ def allocate(groups: list[Group], budget: float, cost: Callable[[Group, float], 
 def greedy_targets(model: ov.Model, fcs: list[FC], tau_at: Callable[[FC, float], float | np.ndarray],
                    modes: dict[str, float | np.ndarray], windows: np.ndarray, budget: float, blocks_per_group: int,
                    layer_patterns: dict[str, str] | None, loss: str, probe_tokens: int,
-                   level_step: float = 0.1) -> tuple[dict[str, float], dict]:
+                   level_step: float) -> tuple[dict[str, float], dict]:
     """Per-FC targets meeting ``budget`` and a report (group curves and targets) for the artifact.
 
     ``tau_at(fc, level)``: the FC's threshold (scalar or per channel) for sparsity ``level`` on the dense model.
