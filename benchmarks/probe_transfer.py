@@ -29,18 +29,24 @@ from scap_ov.pipeline import calibration_texts, load_tokenizer
 TEXTS = ("calibration", "held_out")
 
 
-def measure(args) -> dict:
-    ir = dense_ir(args.model)
+def dense_setup(model_name: str, windows: int, tokens: int):
+    """(model, FCs, token windows per text, per-FC input statistics of the calibration windows on the dense model):
+    what greedy's probes start from (also benchmarks/joint_moves.py)."""
+    ir = dense_ir(model_name)
     tokenizer = load_tokenizer(ir)
     model = ov.Core().read_model(ir / IR_XML)
     fcs = require_fcs(model)
-    windows = {"calibration": token_windows(tokenizer, calibration_texts(None), args.tokens, args.windows,
-                                            "calibration"),
-               "held_out": token_windows(tokenizer, load_texts(None, (assets.PERPLEXITY_NOVEL,)), args.tokens,
-                                         args.windows, "evaluation")}
+    texts = {"calibration": token_windows(tokenizer, calibration_texts(None), tokens, windows, "calibration"),
+             "held_out": token_windows(tokenizer, load_texts(None, (assets.PERPLEXITY_NOVEL,)), tokens, windows,
+                                       "evaluation")}
     inputs = {name for port in model.inputs for name in port.get_names()}
     stats = statistics.collect(model, {fc.name: fc.node_name for fc in fcs},
-                               calibration_dataset(windows["calibration"], inputs), args.windows)
+                               calibration_dataset(texts["calibration"], inputs), windows)
+    return model, fcs, texts, stats
+
+
+def measure(args) -> dict:
+    model, fcs, windows, stats = dense_setup(args.model, args.windows, args.tokens)
     centre = Centre(0.0)
     groups = make_groups(fcs, args.blocks_per_group)
     records = []
@@ -99,16 +105,15 @@ def plot(result: dict, png) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    ap = result_parser(__doc__)
+def probe_arguments(ap, windows_help: str) -> None:
+    """The model and probe-window arguments of the probe benchmarks (this one and joint_moves.py)."""
     ap.add_argument("--model", default=assets.DEFAULT_MODEL)
-    ap.add_argument("--levels", nargs="*", type=float, default=[0.2, 0.4, 0.6])
-    ap.add_argument("--windows", type=int, default=16, help="windows per text")
+    ap.add_argument("--windows", type=int, default=16, help=windows_help)
     ap.add_argument("--tokens", type=int, default=256, help="tokens per window")
     ap.add_argument("--blocks-per-group", type=int, default=10)
-    args = parse_or_print_table(ap, argv, table)
-    if args is None:
-        return 0
+
+
+def measure_and_publish(args, measure, plot, table) -> int:
     started = time.time()
     result = measure(args)
     result["meta"] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "model": args.model,
@@ -116,6 +121,16 @@ def main(argv=None) -> int:
                       "seconds": round(time.time() - started, 1)}
     publish(args.json, result, plot, table)
     return 0
+
+
+def main(argv=None) -> int:
+    ap = result_parser(__doc__)
+    probe_arguments(ap, "windows per text")
+    ap.add_argument("--levels", nargs="*", type=float, default=[0.2, 0.4, 0.6])
+    args = parse_or_print_table(ap, argv, table)
+    if args is None:
+        return 0
+    return measure_and_publish(args, measure, plot, table)
 
 
 if __name__ == "__main__":

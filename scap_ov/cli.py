@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--level-step", type=float, default=CalibrationConfig.level_step,
                     help="greedy: spacing of the sparsity levels a group can take (default %(default)s; 0.05 takes "
                          "about twice the probes and measured worse on SmolLM2 at 40%%)")
+    ex.add_argument("--allocation-from", type=Path, default=None, metavar="FOLDER",
+                    help="greedy: reuse the group targets of an earlier greedy export (its folder or artifact) "
+                         "instead of probing, e.g. the fp32 export's for an int8 one; thresholds are still "
+                         "calibrated on this model; the budget defaults to that export's")
     ex.add_argument("--weight-correction", action="store_true",
                     help="least-squares weight correction: fit each FC's float weights so its kept inputs stand in "
                          "for the pruned ones (same bytes read at decode; float weights only)")
@@ -137,16 +141,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export(args) -> int:
+    from scap_ov.calibration.allocation import load_allocation
     from scap_ov.compression import WeightFormat
     from scap_ov.config import CalibrationConfig, parse_targets
     from scap_ov.layers import check_layer_patterns, load_layer_patterns
     from scap_ov.pipeline import export_scap
 
-    config = CalibrationConfig(targets=parse_targets(args.sparsity, dict(args.target)), mode=args.mode,
+    allocation, sparsity = None, args.sparsity
+    if args.allocation_from is not None:
+        if args.artifact is not None:
+            raise ScapError("--artifact skips calibration, --allocation-from calibrates: give one of them")
+        allocation, budget = load_allocation(args.allocation_from)
+        sparsity = budget if sparsity is None else sparsity
+    config = CalibrationConfig(targets=parse_targets(sparsity, dict(args.target)), mode=args.mode,
                                samples=args.samples, seq_len=args.seq_len, refine_passes=args.refine_passes,
                                method=args.method, score=args.score, greedy_loss=args.greedy_loss,
                                probe_windows=args.probe_windows, probe_tokens=args.probe_tokens,
-                               level_step=args.level_step, weight_correction=args.weight_correction,
+                               level_step=args.level_step, allocation=allocation,
+                               weight_correction=args.weight_correction,
                                correction_damping=args.correction_damping)
     weight_format = None
     if args.weight_format:

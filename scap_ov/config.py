@@ -63,6 +63,8 @@ class CalibrationConfig:
     # greedy: spacing of the sparsity levels a group can take (1 / step an integer). 0.05 gave 1.103x dense
     # perplexity at 40% on SmolLM2 against 1.083x for 0.1: a finer grid leans harder on additive group costs.
     level_step: float = 0.1
+    # greedy: group name -> target of an earlier greedy export (--allocation-from), used instead of probing
+    allocation: dict[str, float] | None = None
     weight_correction: bool = False  # least-squares weight correction (scap_ov.calibration.correction)
     correction_damping: float = 1.0  # its ridge, in units of the mean kept-input energy
 
@@ -106,6 +108,12 @@ class CalibrationConfig:
         if not (isinstance(step, (int, float)) and 0 < step <= 0.5 and abs(1 / step - round(1 / step)) < 1e-6):
             raise ScapError(f"--level-step must divide 1 into 2 or more equal levels (e.g. 0.1, 0.05), got "
                             f"{self.level_step!r}")
+        if self.allocation is not None:
+            if self.method not in ("greedy", AUTO_METHOD):
+                raise ScapError(f"--allocation-from reuses a greedy allocation: it does not apply to --method "
+                                f"{self.method}")
+            for name, value in self.allocation.items():
+                check_sparsity(value, f"the reused target of {name}")
         if self.blocks_per_group < 1 or self.probe_windows < 1 or self.probe_tokens < 2:
             raise ScapError("blocks per group and probe windows must be >= 1, probe tokens >= 2")
         return self

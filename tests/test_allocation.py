@@ -6,7 +6,8 @@ import pytest
 from conftest import F32, tiny_block_model
 from scap_ov.artifact import Artifact, FCThreshold
 from scap_ov.calibration import calibrate
-from scap_ov.calibration.allocation import LEVELS, Group, SensitivityProbe, allocate, make_groups, sparsity_levels
+from scap_ov.calibration.allocation import (LEVELS, Group, SensitivityProbe, allocate, load_allocation, make_groups,
+                                           sparsity_levels)
 from scap_ov.config import CalibrationConfig, parse_targets
 from scap_ov.errors import ScapError
 from scap_ov.evaluation import Evaluator
@@ -89,6 +90,46 @@ def test_greedy_calibration_meets_the_byte_budget_and_records_its_curves():
     assert all(g["kl"][1] > 0 for g in groups.values())  # pruning any group moves the output
     assert len({e.target_sparsity for e in artifact.fcs}) > 1  # not uniform
 
+
+
+def test_a_reused_allocation_gives_the_same_targets_and_thresholds_without_probing(tmp_path):
+    model = tiny_block_model(blocks=2, vocab=VOCAB)
+    config = CalibrationConfig(targets=parse_targets(0.5), samples=6, seq_len=24, method="greedy",
+                               blocks_per_group=1, probe_windows=2, refine_passes=1)
+    probed = calibrate(model, _windows(), config)
+    probed.save(tmp_path / "scap_calibration.json")
+    allocation, budget = load_allocation(tmp_path)  # a folder or the artifact itself
+    assert (allocation, budget) == load_allocation(tmp_path / "scap_calibration.json")
+    assert budget == 0.5 and len(set(allocation.values())) > 1
+    config.allocation = allocation
+    reused = calibrate(model, _windows(), config)
+    assert reused.calibration["allocation"]["probes"] == 0 and reused.calibration["allocation"]["reused"]
+    assert [(e.name, e.target_sparsity, e.tau) for e in reused.fcs] == \
+        [(e.name, e.target_sparsity, e.tau) for e in probed.fcs]
+    # ... and can itself be reused (its report keeps the group targets)
+    reused.save(tmp_path / "again.json")
+    assert load_allocation(tmp_path / "again.json")[0] == allocation
+
+
+def test_a_reused_allocation_that_does_not_fit_is_refused(tmp_path):
+    model = tiny_block_model(blocks=2, vocab=VOCAB)
+    allocation = {g.name: 0.5 for g in make_groups(find_fcs(model), 1)}
+    config = CalibrationConfig(targets=parse_targets(0.5), method="greedy", blocks_per_group=2, allocation=allocation)
+    with pytest.raises(ScapError, match=r"does not fit this model's groups: missing down@0-1, .*; "
+                                        r"unknown down@0-0, down@1-1"):
+        calibrate(model, _windows(), config)
+    config.blocks_per_group, config.targets = 1, parse_targets(0.3)
+    with pytest.raises(ScapError, match="prunes 0.500 of this model's FC-weight bytes, not the budget 0.30"):
+        calibrate(model, _windows(), config)
+    with pytest.raises(ScapError, match="does not apply to --method teal"):
+        CalibrationConfig(method="teal", allocation=allocation).validate()
+    with pytest.raises(ScapError, match=r"the reused target of down@0-0 must lie in \[0, 1\)"):
+        CalibrationConfig(method="greedy", allocation={**allocation, "down@0-0": 1.5}).validate()
+    teal = calibrate(model, _windows(), CalibrationConfig(targets=parse_targets(0.5), samples=6, seq_len=24,
+                                                         method="teal", refine_passes=0))
+    teal.save(tmp_path / "teal.json")
+    with pytest.raises(ScapError, match="not calibrated by greedy allocation \\(method teal\\)"):
+        load_allocation(tmp_path / "teal.json")
 
 
 def test_nll_probe_cost_is_the_increase_of_the_mean_next_token_loss():

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from scap_ov.artifact import Artifact, FCThreshold
 from scap_ov.cli import main
 
 FAST_FAILURES = [
@@ -89,6 +90,33 @@ def test_corrupt_artifact(tmp_path, capsys, content, message):
     art.write_text(content)
     code, err = _run(["export", "--output", str(tmp_path / "out"), "--artifact", str(art)], capsys)
     assert code == 2 and message in err
+    _assert_no_output(tmp_path)
+
+
+def _artifact(path, calibration):
+    Artifact(fcs=[FCThreshold("x", "q", 0.0, 0.1, 0.4, 0.4, "zero")], calibration=calibration).save(path)
+    return path
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--artifact", "{art}"], "--artifact skips calibration, --allocation-from calibrates: give one of them"),
+    (["--method", "teal"], "--allocation-from reuses a greedy allocation: it does not apply to --method teal"),
+    # checked against the packaged model's groups before any calibration
+    ([], "does not fit this model's groups: missing down@0-9, "),
+])
+def test_export_bad_allocation_from(tmp_path, capsys, extra, message):
+    art = _artifact(tmp_path / "greedy.json", {"method": "greedy", "targets": {"q": 0.4},
+                                               "allocation": {"groups": {"down@0-0": {"target": 0.4}}}})
+    code, err = _run(["export", "--output", str(tmp_path / "out"), "--allocation-from", str(art),
+                      *[a.format(art=art) for a in extra]], capsys)
+    assert code == 2 and message in err and "\n" not in err
+    _assert_no_output(tmp_path)
+
+
+def test_export_allocation_from_a_non_greedy_export(tmp_path, capsys):
+    art = _artifact(tmp_path / "teal.json", {"method": "teal", "targets": {"q": 0.4}})
+    code, err = _run(["export", "--output", str(tmp_path / "out"), "--allocation-from", str(art)], capsys)
+    assert code == 2 and "not calibrated by greedy allocation (method teal)" in err
     _assert_no_output(tmp_path)
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from scap_ov.artifact import Artifact, FCThreshold, json_value
 from scap_ov.calibration import statistics
-from scap_ov.calibration.allocation import greedy_targets
+from scap_ov.calibration.allocation import greedy_targets, reused_targets
 from scap_ov.calibration.correction import check_correctable, weight_corrections
 from scap_ov.config import AUTO_METHOD, CalibrationConfig
 from scap_ov.dataset import calibration_dataset, sample_tokens
@@ -165,6 +165,9 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray] | list[dic
     fcs = require_fcs(model, layer_patterns)
     if config.weight_correction:
         check_correctable(fcs)
+    reused = None  # checked before any long work
+    if config.method == "greedy" and config.allocation is not None:
+        reused = reused_targets(fcs, config.allocation, config.budget, config.blocks_per_group)
     input_names = {name for port in model.inputs for name in port.get_names()}
     dataset = calibration_dataset(windows, input_names)
     # [N, L] windows, N ragged sequences (encoder sentences), or N mappings of named inputs (images: no tokens)
@@ -183,6 +186,9 @@ def calibrate(model: ov.Model, windows: np.ndarray | list[np.ndarray] | list[dic
         stats = statistics.collect(model, {fc.name: fc.node_name for fc in fcs}, dataset, len(windows))
         if config.method == "greedy":
             centres = _centres(fcs, stats, config, {fc.name: config.budget for fc in fcs})
+        if reused is not None:
+            targets, info["allocation"] = reused
+        elif config.method == "greedy":
             targets, info["allocation"] = greedy_targets(
                 model, fcs, lambda fc, level: centres[fc.name].solve(stats[fc.name], level, False)[0],
                 {name: c.mode for name, c in centres.items()}, windows[: config.probe_windows], config.budget,

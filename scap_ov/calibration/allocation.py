@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import openvino as ov
 from tqdm.auto import tqdm
 
-from scap_ov.artifact import Artifact, FCThreshold, json_value
+from scap_ov.artifact import ARTIFACT_NAME, Artifact, FCThreshold, json_value
 from scap_ov.config import CalibrationConfig
 from scap_ov.errors import ScapError
 from scap_ov.evaluation import Evaluator
@@ -182,4 +183,48 @@ def greedy_targets(model: ov.Model, fcs: list[FC], tau_at: Callable[[FC, float],
     per_fc = {fc.name: targets[g.name] for g in groups for fc in g.fcs}
     report = {"levels": [0.0, *levels], "probes": progress.n, "loss": loss,
               "groups": {g.name: {loss: [round(c, 6) for c in g.costs], "target": targets[g.name]} for g in groups}}
+    return per_fc, report
+
+
+# How far a reused allocation's pruned FC-weight bytes may sit from the budget: greedy itself overshoots by up to
+# one level of one group, and another weight format shifts the byte shares of the groups a little.
+REUSE_TOLERANCE = 0.02
+
+
+def load_allocation(path: Path) -> tuple[dict[str, float], float]:
+    """(group name -> target, budget) of the greedy export at ``path`` (its folder or its artifact JSON)."""
+    path = Path(path)
+    artifact = Artifact.load(path / ARTIFACT_NAME if path.is_dir() else path)
+    info = artifact.calibration
+    groups = info.get("allocation", {}).get("groups")
+    if not groups:
+        raise ScapError(f"--allocation-from {path}: not calibrated by greedy allocation (method "
+                        f"{info.get('method', '?')}), so it has no group targets to reuse")
+    targets = info.get("targets") or {}
+    budget = sum(targets.values()) / len(targets) if targets else None
+    if budget is None:
+        raise ScapError(f"--allocation-from {path}: the artifact does not record its budget")
+    return {name: float(g["target"]) for name, g in groups.items()}, budget
+
+
+def reused_targets(fcs: list[FC], allocation: dict[str, float], budget: float,
+                   blocks_per_group: int) -> tuple[dict[str, float], dict]:
+    """Per-FC targets from a reused group ``allocation`` and its report; refuses an allocation made for other
+    groups (another model or grouping) or one that does not prune ``budget`` of this model's FC-weight bytes."""
+    groups = make_groups(fcs, blocks_per_group)
+    names = {g.name for g in groups}
+    if set(allocation) != names:
+        missing, extra = sorted(names - set(allocation)), sorted(set(allocation) - names)
+        raise ScapError("the reused allocation does not fit this model's groups: "
+                        + "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                                      f"unknown {', '.join(extra)}" if extra else "") if part))
+    realised = sum(allocation[g.name] * g.nbytes for g in groups) / sum(g.nbytes for g in groups)
+    if abs(realised - budget) > REUSE_TOLERANCE:
+        raise ScapError(f"the reused allocation prunes {realised:.3f} of this model's FC-weight bytes, not the "
+                        f"budget {budget:.2f}: leave --sparsity unset to take the allocation's own budget")
+    log.info("reused greedy allocation (%.3f of FC-weight bytes): %s", realised,
+             ", ".join(f"{g.name} {allocation[g.name]:.2f}" for g in groups))
+    per_fc = {fc.name: allocation[g.name] for g in groups for fc in g.fcs}
+    report = {"reused": True, "probes": 0, "pruned_bytes": round(realised, 6),
+              "groups": {g.name: {"target": allocation[g.name]} for g in groups}}
     return per_fc, report
