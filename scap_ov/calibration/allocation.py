@@ -200,10 +200,10 @@ def load_allocation(path: Path) -> tuple[dict[str, float], float]:
     if not groups:
         raise ScapError(f"--allocation-from {path}: not calibrated by greedy allocation (method "
                         f"{info.get('method', '?')}), so it has no group targets to reuse")
-    targets = info.get("targets") or {}
-    budget = sum(targets.values()) / len(targets) if targets else None
-    if budget is None:
+    targets = info.get("targets")
+    if not targets:
         raise ScapError(f"--allocation-from {path}: the artifact does not record its budget")
+    budget = sum(targets.values()) / len(targets)  # as CalibrationConfig.budget: greedy's targets are all equal
     return {name: float(g["target"]) for name, g in groups.items()}, budget
 
 
@@ -214,10 +214,9 @@ def reused_targets(fcs: list[FC], allocation: dict[str, float], budget: float,
     groups = make_groups(fcs, blocks_per_group)
     names = {g.name for g in groups}
     if set(allocation) != names:
-        missing, extra = sorted(names - set(allocation)), sorted(set(allocation) - names)
-        raise ScapError("the reused allocation does not fit this model's groups: "
-                        + "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
-                                                      f"unknown {', '.join(extra)}" if extra else "") if part))
+        problems = [f"{what} {', '.join(sorted(found))}" for what, found in
+                    (("missing", names - set(allocation)), ("unknown", set(allocation) - names)) if found]
+        raise ScapError("the reused allocation does not fit this model's groups: " + "; ".join(problems))
     realised = sum(allocation[g.name] * g.nbytes for g in groups) / sum(g.nbytes for g in groups)
     if abs(realised - budget) > REUSE_TOLERANCE:
         raise ScapError(f"the reused allocation prunes {realised:.3f} of this model's FC-weight bytes, not the "
