@@ -60,7 +60,7 @@ def check_folder(folder: Path) -> FolderCheck:
     unsupported = sorted(v for v in versions if v not in SCHEMA_VERSIONS)
     if unsupported:
         raise ScapError(f"{xml} has {OP_TYPE} ops of schema version {unsupported[0]}; this scap-ov implements "
-                        f"schema versions {' and '.join(map(str, SCHEMA_VERSIONS))}: install the scap-ov release that wrote the model, or "
+                        f"schema versions {', '.join(map(str, SCHEMA_VERSIONS[:-1]))} and {SCHEMA_VERSIONS[-1]}: install the scap-ov release that wrote the model, or "
                         "re-export it with this one")
     artifact = folder / ARTIFACT_NAME
     if not artifact.is_file():

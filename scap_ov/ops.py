@@ -15,6 +15,10 @@ bias``); a scalar mode / threshold is the attribute ``mode_value`` / ``threshold
 few microseconds per input on every call of an extension op with a dynamic token dimension (it re-infers the
 op's shape by wrapping every input in a Constant and cloning the op), so an f32 FC with a scalar threshold
 passes 2 inputs instead of 7.
+
+Several outputs (``schema_version`` 3): the compact form plus the attribute ``output_channels``, the widths of
+consecutive output column ranges, one output each. Sibling FCs that share input, mode and threshold (q/k/v,
+gate/up) become one op with one output per FC, so the CPU plugin runs no VariadicSplit node after it.
 """
 from __future__ import annotations
 
@@ -27,7 +31,9 @@ OP_TYPE = "SCAPFullyConnected"
 OP_DOMAIN = "extension"
 SCHEMA_VERSION = 1  # seven inputs
 COMPACT_SCHEMA_VERSION = 2  # x, weights + the inputs named by the attribute ``inputs``
-SCHEMA_VERSIONS = (SCHEMA_VERSION, COMPACT_SCHEMA_VERSION)
+MULTI_OUTPUT_SCHEMA_VERSION = 3  # compact + one output per column range of the attribute ``output_channels``
+SCHEMA_VERSIONS = (SCHEMA_VERSION, COMPACT_SCHEMA_VERSION, MULTI_OUTPUT_SCHEMA_VERSION)
+COMPACT_SCHEMA_VERSIONS = (COMPACT_SCHEMA_VERSION, MULTI_OUTPUT_SCHEMA_VERSION)
 INPUT_NAMES = ("x", "weights", "scales", "zero_points", "mode", "threshold", "bias")
 OPTIONAL_INPUTS = INPUT_NAMES[2:]
 
@@ -35,7 +41,7 @@ OPTIONAL_INPUTS = INPUT_NAMES[2:]
 def input_names(node) -> tuple[str, ...]:
     """The name of every input port of a SCAPFullyConnected node (either form)."""
     attrs = node.get_attributes()
-    if int(attrs.get("schema_version", SCHEMA_VERSION)) != COMPACT_SCHEMA_VERSION:
+    if int(attrs.get("schema_version", SCHEMA_VERSION)) not in COMPACT_SCHEMA_VERSIONS:
         return INPUT_NAMES
     listed = attrs.get("inputs", "")
     return INPUT_NAMES[:2] + tuple(n for n in listed.split(",") if n)
@@ -45,11 +51,12 @@ class SCAPFullyConnected(ov.Op):
     class_type_info = ov.DiscreteTypeInfo(OP_TYPE, OP_DOMAIN)
 
     def __init__(self, inputs=None, schema_version: int = SCHEMA_VERSION, optional_inputs: str = "",
-                 mode_value: float = 0.0, threshold_value: float = 0.0):
+                 mode_value: float = 0.0, threshold_value: float = 0.0, output_channels=()):
         self._schema_version = int(schema_version)
         self._inputs = str(optional_inputs)
         self._mode_value = float(np.float32(mode_value))
         self._threshold_value = float(np.float32(threshold_value))
+        self._output_channels = [int(c) for c in output_channels]
         super().__init__(self)
         if inputs is not None:
             self.set_arguments(list(inputs))
@@ -63,7 +70,7 @@ class SCAPFullyConnected(ov.Op):
         if self._schema_version not in SCHEMA_VERSIONS:
             raise ValueError(
                 f"SCAPFullyConnected schema_version {self._schema_version} is not supported: "
-                f"this twin implements schema_version {SCHEMA_VERSION} and {COMPACT_SCHEMA_VERSION}"
+                f"this twin implements schema_version {', '.join(map(str, SCHEMA_VERSIONS))}"
             )
         if self._schema_version == SCHEMA_VERSION:
             if self.get_input_size() != len(INPUT_NAMES):
@@ -81,6 +88,15 @@ class SCAPFullyConnected(ov.Op):
         x_ps = self.get_input_partial_shape(0)
         w_ps = self.get_input_partial_shape(1)
         oc = w_ps[1] if w_ps.rank.is_static and w_ps.rank.get_length() == 2 else ov.Dimension()
+        widths = [oc]
+        if self._schema_version == MULTI_OUTPUT_SCHEMA_VERSION:
+            if not self._output_channels or min(self._output_channels) < 1:
+                raise ValueError(f"SCAPFullyConnected output_channels must be >= 1 each, got {self._output_channels}")
+            if oc.is_static and sum(self._output_channels) != oc.get_length():
+                raise ValueError(f"SCAPFullyConnected output_channels add up to {sum(self._output_channels)} but "
+                                 f"the weights have OC={oc}")
+            widths = [ov.Dimension(c) for c in self._output_channels]
+        dims = None
         if x_ps.rank.is_static:
             dims = [x_ps[i] for i in range(x_ps.rank.get_length())]
             if not dims:
@@ -89,19 +105,20 @@ class SCAPFullyConnected(ov.Op):
                 raise ValueError(
                     f"SCAPFullyConnected input channels mismatch: x has IC={dims[-1]} but weights [IC, OC] have IC={w_ps[0]}"
                 )
-            out = ov.PartialShape(dims[:-1] + [oc])
-        else:
-            out = ov.PartialShape.dynamic()
-        self.set_output_type(0, ov.Type.f32, out)
+        for i, width in enumerate(widths):
+            self.set_output_type(i, ov.Type.f32,
+                                 ov.PartialShape.dynamic() if dims is None else ov.PartialShape(dims[:-1] + [width]))
 
     def clone_with_new_inputs(self, new_inputs):
         return SCAPFullyConnected(new_inputs, self._schema_version, self._inputs, self._mode_value,
-                                  self._threshold_value)
+                                  self._threshold_value, self._output_channels)
 
     def visit_attributes(self, visitor) -> bool:
         attrs = {"schema_version": self._schema_version}
-        if self._schema_version == COMPACT_SCHEMA_VERSION:
+        if self._schema_version in COMPACT_SCHEMA_VERSIONS:
             attrs.update(inputs=self._inputs, mode_value=self._mode_value, threshold_value=self._threshold_value)
+        if self._schema_version == MULTI_OUTPUT_SCHEMA_VERSION:
+            attrs.update(output_channels=self._output_channels)
         visitor.on_attributes(attrs)
         return True
 
@@ -145,11 +162,14 @@ def native_node_factory():
 
 def make_scap_fc(x_output, packed: PackedWeights, mode=0.0, threshold=0.0, bias=None,
                  schema_version: int = COMPACT_SCHEMA_VERSION, name: str | None = None,
-                 native: bool = False) -> ov.Output:
+                 native: bool = False, output_channels=None) -> ov.Output:
     """Build Constants for ``packed``, ``mode``, ``threshold`` and ``bias`` and a SCAPFullyConnected on ``x_output``.
 
     ``mode`` / ``threshold``: a float or a per-input-channel vector of IC values; ``bias``: the folded bias
-    ``b + W @ m`` as OC values, or None. Returns the op's output.
+    ``b + W @ m`` as OC values, or None. Returns the op's (first) output.
+
+    ``output_channels`` (widths adding up to OC, more than one): the multi-output form (schema_version 3), one
+    output per consecutive column range; the other outputs are ``.get_node().output(i)``.
 
     ``native=False`` creates the Python twin (save with ``ov.save_model(..., compress_to_fp16=False)``, read
     back with a Core that has the extension). ``native=True`` creates the C++ op itself through the
@@ -175,8 +195,15 @@ def make_scap_fc(x_output, packed: PackedWeights, mode=0.0, threshold=0.0, bias=
         "threshold": _param_constant(thr, packed.ic, "threshold"),
         "bias": b,
     }
+    widths = [int(c) for c in output_channels] if output_channels is not None else []
+    if len(widths) > 1:
+        if int(schema_version) != COMPACT_SCHEMA_VERSION:
+            raise ValueError("output_channels needs the compact form (schema_version 2)")
+        if min(widths) < 1 or sum(widths) != packed.oc:
+            raise ValueError(f"output_channels {widths} must be >= 1 each and add up to OC={packed.oc}")
+        schema_version = MULTI_OUTPUT_SCHEMA_VERSION
     attrs = {"schema_version": int(schema_version)}
-    if int(schema_version) == COMPACT_SCHEMA_VERSION:
+    if int(schema_version) in COMPACT_SCHEMA_VERSIONS:
         # Keep only what carries data: non-empty scales / zero points / bias, per-channel mode / threshold.
         listed = [n for n in OPTIONAL_INPUTS
                   if (n in ("mode", "threshold") and shape_size(values[n]) > 1)
@@ -187,10 +214,13 @@ def make_scap_fc(x_output, packed: PackedWeights, mode=0.0, threshold=0.0, bias=
     else:
         listed = list(OPTIONAL_INPUTS)
     inputs = [x_output, packed.weights_constant().output(0)] + [values[n].output(0) for n in listed]
+    if schema_version == MULTI_OUTPUT_SCHEMA_VERSION:
+        attrs.update(output_channels=widths)
     if native:
         op = native_node_factory().create(OP_TYPE, inputs, attrs)
-    elif int(schema_version) == COMPACT_SCHEMA_VERSION:
-        op = SCAPFullyConnected(inputs, schema_version, attrs["inputs"], attrs["mode_value"], attrs["threshold_value"])
+    elif int(schema_version) in COMPACT_SCHEMA_VERSIONS:
+        op = SCAPFullyConnected(inputs, schema_version, attrs["inputs"], attrs["mode_value"], attrs["threshold_value"],
+                                attrs.get("output_channels", ()))
     else:
         op = SCAPFullyConnected(inputs, schema_version)
     if name:

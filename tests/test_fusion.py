@@ -155,12 +155,16 @@ def test_benchmark_app_runs_the_fused_ir_with_the_extension(tmp_path):
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=[f[0] for f in FORMATS])
 def test_siblings_with_one_keep_mask_share_one_op(core, fmt):
-    """q/k/v and gate/up with equal mode and tau: one op each plus a split; same outputs as one op per FC."""
+    """q/k/v and gate/up with equal mode and tau: one op each with one output per FC (no split node after
+    it); same outputs as one op per FC."""
     art = _artifact(_base(fmt))
     merged = apply_fusion(apply_portable(_base(fmt), art))
     separate = apply_fusion(apply_portable(_base(fmt), art), merge=False)
     assert (count_ops(merged), count_fused(merged)) == (8, 14)
     assert (count_ops(separate), count_fused(separate)) == (14, 14)
+    assert not [n for n in merged.get_ops() if n.get_type_name() in ("Split", "VariadicSplit")]
+    widths = sorted(n.get_output_size() for n in merged.get_ops() if n.get_type_name() == "SCAPFullyConnected")
+    assert widths == [1, 1, 1, 1, 2, 2, 3, 3]  # o, down | gate+up | q+k+v, per block
     x = np.random.default_rng(5).standard_normal((2, 3, 64)).astype(np.float32)
     np.testing.assert_allclose(core.compile_model(merged, "CPU", F32)(x)[0],
                                core.compile_model(separate, "CPU", F32)(x)[0], rtol=1e-5, atol=1e-5)

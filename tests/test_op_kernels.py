@@ -508,3 +508,41 @@ def test_compact_twin_save_read_roundtrip_keeps_threshold_bits(core, tmp_path):
     got = compile_model(core, read, 1)([xv])[0]
     want, bound, _ = oracle(xv, case, mode, thr, None)
     assert_close(got, want, bound, "compact roundtrip")
+
+
+@pytest.mark.parametrize("wtype", ["f32", "i8", "u4"])
+def test_multi_output_form_equals_the_single_output_op_split(core, wtype, tmp_path):
+    """The multi-output op (schema_version 3) must give, per output, exactly the columns of the single-output
+    op, for one token (decode), a few tokens, and a prompt whose [M, OC] rows (3000 x 96 floats) exceed the 1 MiB
+    buffer a thread keeps between calls, on static and dynamic shapes, native and after an IR round trip of the
+    Python twin."""
+    rng = np.random.default_rng(21)
+    case = Case(rng, wtype, 128, 96, 32)
+    widths = [64, 16, 16]
+    mode = (rng.standard_normal(128) * 0.05).astype(np.float32)
+    thr = rng.uniform(0.2, 0.8, 128).astype(np.float32)
+    bias = rng.standard_normal(96).astype(np.float32)
+    x = ov.op.Parameter(ov.Type.f32, ov.PartialShape([-1, -1, 128]))
+    single = compile_model(core, ov.Model([ops.make_scap_fc(x.output(0), case.packed, mode, thr, bias, native=True)],
+                                          [x]), 2)
+    multi_out = ops.make_scap_fc(x.output(0), case.packed, mode, thr, bias, native=True, output_channels=widths)
+    node = multi_out.get_node()
+    assert node.get_attributes()["schema_version"] == ops.MULTI_OUTPUT_SCHEMA_VERSION
+    assert [node.get_output_partial_shape(i)[2].get_length() for i in range(3)] == widths
+    multi = compile_model(core, ov.Model(node.outputs(), [x]), 2)
+    twin = ops.make_scap_fc(x.output(0), case.packed, mode, thr, bias, output_channels=widths).get_node()
+    path = tmp_path / "multi.xml"
+    ov.save_model(ov.Model(twin.outputs(), [x]), str(path), compress_to_fp16=False)
+    read = compile_model(core, core.read_model(str(path)), 1)
+    static_x = ov.op.Parameter(ov.Type.f32, ov.PartialShape([1, 1, 128]))
+    static_node = ops.make_scap_fc(static_x.output(0), case.packed, mode, thr, bias, native=True,
+                                   output_channels=widths).get_node()
+    static = compile_model(core, ov.Model(static_node.outputs(), [static_x]), 2)
+    for tokens in (1, 5, 3000):
+        xv = rng.standard_normal((1, tokens, 128)).astype(np.float32)
+        whole = single([xv])[0]
+        parts = np.split(whole, np.cumsum(widths)[:-1], axis=-1)
+        for compiled in (multi, read) + ((static,) if tokens == 1 else ()):
+            got = compiled([xv])
+            for i, part in enumerate(parts):
+                np.testing.assert_array_equal(got[i], part, err_msg=f"{wtype} tokens={tokens} output {i}")

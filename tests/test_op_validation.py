@@ -100,11 +100,11 @@ def test_odd_oc_with_4bit_rejected():
         create(base_inputs(weights=w, scales=const(np.ones((2, 5), np.float16)), zero_points=u4([2, 6])))
 
 
-def test_wrong_schema_version_names_both():
-    with pytest.raises(Exception, match="schema_version 3 is not supported: this extension implements schema_version 1 and 2"):
-        create(base_inputs(), schema_version=3)
-    with pytest.raises(ValueError, match="schema_version 3 is not supported"):
-        ops.SCAPFullyConnected(base_inputs(), schema_version=3)
+def test_wrong_schema_version_names_the_supported_ones():
+    with pytest.raises(Exception, match="schema_version 9 is not supported: this extension implements schema_version 1, 2 and 3"):
+        create(base_inputs(), schema_version=9)
+    with pytest.raises(ValueError, match="schema_version 9 is not supported: this twin implements schema_version 1, 2, 3"):
+        ops.SCAPFullyConnected(base_inputs(), schema_version=9)
 
 
 def test_twin_rejects_ic_mismatch():
@@ -225,3 +225,40 @@ def test_twin_compact_rejects_bad_list():
         ops.SCAPFullyConnected(compact_inputs("zero_points,scales"), 2, "zero_points,scales")
     with pytest.raises(ValueError, match="expects 3 inputs"):
         ops.SCAPFullyConnected(compact_inputs(""), 2, "scales")
+
+
+# --- several outputs (schema_version 3): one per column range of output_channels -------------------------------
+
+def create_multi(output_channels):
+    return ops.native_node_factory().create(
+        "SCAPFullyConnected", compact_inputs("scales,zero_points"),
+        {"schema_version": 3, "inputs": "scales,zero_points", "mode_value": 0.0, "threshold_value": 0.1,
+         "output_channels": output_channels})
+
+
+def test_multi_output_builds_one_output_per_range(core):
+    node = create_multi([OC - 2, 2])
+    assert [node.get_output_partial_shape(i) for i in range(2)] == [ov.PartialShape([-1, OC - 2]),
+                                                                     ov.PartialShape([-1, 2])]
+    core.compile_model(ov.Model(node.outputs(), [node.input_value(0).get_node()]), "CPU")
+
+
+@pytest.mark.parametrize("widths, message", [
+    ([OC, 2], f"output_channels add up to {OC + 2} but the weights have OC={OC}"),
+    ([OC - 2, 0, 2], "output_channels must be >= 1 each, got 0"),
+    ([], "schema_version 3 needs output_channels"),
+])
+def test_multi_output_bad_ranges_rejected(widths, message):
+    with pytest.raises(Exception, match=message):
+        create_multi(widths)
+
+
+def test_twin_and_builder_reject_bad_ranges():
+    with pytest.raises(ValueError, match=f"add up to {OC + 1} but the weights have OC={OC}"):
+        ops.SCAPFullyConnected(compact_inputs("scales,zero_points"), 3, "scales,zero_points", 0.0, 0.1, [OC, 1])
+    packed = packing.pack_float(np.zeros((OC, IC), np.float32))  # [OC, IC], as torch stores it
+    x = ov.op.Parameter(ov.Type.f32, ov.PartialShape([-1, IC]))
+    with pytest.raises(ValueError, match=f"must be >= 1 each and add up to OC={OC}"):
+        ops.make_scap_fc(x.output(0), packed, 0.0, 0.1, None, output_channels=[OC, 1])
+    with pytest.raises(ValueError, match="needs the compact form"):
+        ops.make_scap_fc(x.output(0), packed, 0.0, 0.1, None, schema_version=1, output_channels=[OC - 1, 1])

@@ -7,6 +7,7 @@
 #include <openvino/core/parallel.hpp>
 #include <openvino/op/constant.hpp>
 #include <sstream>
+#include <utility>
 #include <vector>
 
 #include "kernels/kernel.hpp"
@@ -110,6 +111,15 @@ bool vector_param_shape_ok(const ov::PartialShape& ps, const ov::Dimension& ic) 
 // True when every value is finite and >= 0 (-0.0 included). Branch-free on the bit patterns so that it
 // vectorizes: validate_and_infer_types() runs on every inference of a dynamic-shape model (the CPU plugin's
 // shape-inference fallback clones the op), and a per-channel threshold has IC values.
+// x's shape with the last dimension replaced by an output width.
+ov::PartialShape output_shape(const ov::PartialShape& x_ps, const ov::Dimension& width) {
+    if (x_ps.rank().is_dynamic())
+        return ov::PartialShape::dynamic();
+    ov::PartialShape out = x_ps;
+    out[out.rank().get_length() - 1] = width;
+    return out;
+}
+
 bool all_finite_non_negative(const void* p, size_t n) {
     uint32_t bad = 0;
     for (size_t i = 0; i < n; ++i) {
@@ -133,17 +143,19 @@ SCAPFullyConnected::SCAPFullyConnected(const ov::OutputVector& args, int64_t sch
 SCAPFullyConnected::SCAPFullyConnected(const ov::OutputVector& args,
                                        const std::string& inputs,
                                        float mode_value,
-                                       float threshold_value)
+                                       float threshold_value,
+                                       std::vector<int64_t> output_channels)
     : Op(args),
-      m_schema_version(kCompactSchemaVersion),
+      m_schema_version(output_channels.empty() ? kCompactSchemaVersion : kMultiOutputSchemaVersion),
       m_inputs(inputs),
       m_mode_value(mode_value),
-      m_threshold_value(threshold_value) {
+      m_threshold_value(threshold_value),
+      m_output_channels(std::move(output_channels)) {
     constructor_validate_and_infer_types();
 }
 
 void SCAPFullyConnected::resolve_ports() {
-    if (m_schema_version != kCompactSchemaVersion) {
+    if (!is_compact()) {
         for (size_t p = 0; p < N_PARAMS; ++p)
             m_port[p] = static_cast<int64_t>(2 + p);
         return;
@@ -201,13 +213,15 @@ void keep_const_precision(ov::Node* node) {
 
 void SCAPFullyConnected::validate_and_infer_types() {
     NODE_VALIDATION_CHECK(this,
-                          m_schema_version == kSchemaVersion || m_schema_version == kCompactSchemaVersion,
+                          m_schema_version == kSchemaVersion || is_compact(),
                           "SCAPFullyConnected schema_version ",
                           m_schema_version,
                           " is not supported: this extension implements schema_version ",
                           kSchemaVersion,
+                          ", ",
+                          kCompactSchemaVersion,
                           " and ",
-                          kCompactSchemaVersion);
+                          kMultiOutputSchemaVersion);
     resolve_ports();
     if (m_schema_version == kSchemaVersion) {
         NODE_VALIDATION_CHECK(this,
@@ -435,12 +449,24 @@ void SCAPFullyConnected::validate_and_infer_types() {
                 keep_const_precision(get_input_node_ptr(static_cast<size_t>(m_port[p])));
     }
 
-    ov::PartialShape out_ps = ov::PartialShape::dynamic();
-    if (x_ps.rank().is_static()) {
-        out_ps = x_ps;
-        out_ps[out_ps.rank().get_length() - 1] = oc;
+    if (m_schema_version != kMultiOutputSchemaVersion) {
+        set_output_type(0, ov::element::f32, output_shape(x_ps, oc));
+        return;
     }
-    set_output_type(0, ov::element::f32, out_ps);
+    NODE_VALIDATION_CHECK(this, !m_output_channels.empty(), "SCAPFullyConnected schema_version 3 needs output_channels");
+    int64_t total = 0;
+    for (const int64_t width : m_output_channels) {
+        NODE_VALIDATION_CHECK(this, width >= 1, "SCAPFullyConnected output_channels must be >= 1 each, got ", width);
+        total += width;
+    }
+    NODE_VALIDATION_CHECK(this,
+                          oc.is_dynamic() || total == oc.get_length(),
+                          "SCAPFullyConnected output_channels add up to ",
+                          total,
+                          " but the weights have OC=",
+                          oc);
+    for (size_t i = 0; i < m_output_channels.size(); ++i)
+        set_output_type(i, ov::element::f32, output_shape(x_ps, m_output_channels[i]));
 }
 
 std::shared_ptr<ov::Node> SCAPFullyConnected::clone_with_new_inputs(const ov::OutputVector& new_args) const {
@@ -451,19 +477,22 @@ std::shared_ptr<ov::Node> SCAPFullyConnected::clone_with_new_inputs(const ov::Ou
                           get_input_size(),
                           " arguments, but got ",
                           new_args.size());
-    if (m_schema_version == kCompactSchemaVersion)
-        return std::make_shared<SCAPFullyConnected>(new_args, m_inputs, m_mode_value, m_threshold_value);
+    if (is_compact())
+        return std::make_shared<SCAPFullyConnected>(new_args, m_inputs, m_mode_value, m_threshold_value,
+                                                    m_output_channels);
     return std::make_shared<SCAPFullyConnected>(new_args, m_schema_version);
 }
 
 bool SCAPFullyConnected::visit_attributes(ov::AttributeVisitor& visitor) {
     visitor.on_attribute("schema_version", m_schema_version);
     // Written only for the compact form, so schema_version 1 IRs stay exactly as before.
-    if (m_schema_version == kCompactSchemaVersion) {
+    if (is_compact()) {
         visitor.on_attribute("inputs", m_inputs);
         visitor.on_attribute("mode_value", m_mode_value);
         visitor.on_attribute("threshold_value", m_threshold_value);
     }
+    if (m_schema_version == kMultiOutputSchemaVersion)
+        visitor.on_attribute("output_channels", m_output_channels);
     return true;
 }
 
@@ -494,7 +523,9 @@ bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVec
         n_inputs += m_port[p] >= 0;
     OPENVINO_ASSERT(inputs.size() == n_inputs, "SCAPFullyConnected::evaluate expects ", n_inputs, " inputs, got ",
                     inputs.size());
-    OPENVINO_ASSERT(outputs.size() == 1, "SCAPFullyConnected::evaluate expects 1 output, got ", outputs.size());
+    const size_t n_outputs = m_output_channels.empty() ? 1 : m_output_channels.size();
+    OPENVINO_ASSERT(outputs.size() == n_outputs, "SCAPFullyConnected::evaluate expects ", n_outputs, " outputs, got ",
+                    outputs.size());
     const auto& x = inputs[X];
     const auto& w = inputs[WEIGHTS];
     // Absent parameters (compact form): nullptr.
@@ -551,15 +582,21 @@ bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVec
     OPENVINO_ASSERT((!b || b->get_element_type() == ov::element::f32) && (n_bias == 0 || static_cast<int64_t>(n_bias) == OC),
                     "SCAPFullyConnected: bias must be f32 [OC=", OC, "] or [0], got ", n_bias, " values");
 
-    ov::Shape out_shape = xs;
-    out_shape.back() = static_cast<size_t>(OC);
-    auto& y = outputs[0];
-    y.set_shape(out_shape);
-    OPENVINO_ASSERT(y.get_element_type() == ov::element::f32, "SCAPFullyConnected: output must be f32");
+    const int64_t M = static_cast<int64_t>(ov::shape_size(xs) / static_cast<size_t>(IC));
+    int64_t columns = 0;
+    for (size_t i = 0; i < n_outputs; ++i) {
+        const int64_t width = m_output_channels.empty() ? OC : m_output_channels[i];
+        ov::Shape out_shape = xs;
+        out_shape.back() = static_cast<size_t>(width);
+        outputs[i].set_shape(out_shape);
+        OPENVINO_ASSERT(outputs[i].get_element_type() == ov::element::f32, "SCAPFullyConnected: outputs must be f32");
+        columns += width;
+    }
+    OPENVINO_ASSERT(columns == OC, "SCAPFullyConnected: output_channels add up to ", columns, " but OC=", OC);
 
     kernels::FcArgs a;
     a.x = x.data<const float>();
-    a.M = static_cast<int64_t>(ov::shape_size(xs) / static_cast<size_t>(IC));
+    a.M = M;
     a.IC = IC;
     a.OC = OC;
     a.wtype = to_wtype(w_t);
@@ -581,10 +618,32 @@ bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVec
     a.thr = t ? f32_aligned(*t, thr_copy) : &m_threshold_value;
     a.thr_vec = n_thr != 1;
     a.bias = n_bias ? f32_aligned(*b, bias_copy) : nullptr;
-    a.y = y.data<float>();
-    if (a.M == 0 || OC == 0)
+    if (M == 0 || OC == 0)
         return true;
+    if (n_outputs == 1) {
+        a.y = outputs[0].data<float>();
+        kernels::run(a, kernels::active_isa(), parallel_get_max_threads());
+        return true;
+    }
+    // Several outputs: the kernel writes [M, OC] rows, each output takes its column range of every row. The
+    // row buffer is kept by the calling thread up to 1 MiB (decode); larger ones (prefill) live for the call.
+    constexpr size_t kKeptRowFloats = (size_t{1} << 20) / sizeof(float);
+    thread_local std::vector<float> kept_rows;
+    std::vector<float> call_rows;
+    const size_t n_rows = static_cast<size_t>(M * OC);
+    std::vector<float>& rows = n_rows <= kKeptRowFloats ? kept_rows : call_rows;
+    if (rows.size() < n_rows)
+        rows.resize(n_rows);
+    a.y = rows.data();
     kernels::run(a, kernels::active_isa(), parallel_get_max_threads());
+    int64_t first = 0;
+    for (size_t i = 0; i < n_outputs; ++i) {
+        const int64_t width = m_output_channels[i];
+        float* out = outputs[i].data<float>();
+        for (int64_t row = 0; row < M; ++row)
+            std::memcpy(out + row * width, rows.data() + row * OC + first, static_cast<size_t>(width) * sizeof(float));
+        first += width;
+    }
     return true;
 }
 
