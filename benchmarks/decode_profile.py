@@ -1,7 +1,7 @@
 """Where a decode step's time goes, dense vs SCAP: OpenVINO's per-node performance counters, by kind of node.
 
 For each (model, weight format, sparsity) folder pair that ``e2e.py`` prepares (same cache), both stateful IRs
-are compiled with PERF_COUNT on (otherwise OpenVINO's default CPU configuration, as e2e), given the same
+are compiled with PERF_COUNT on (otherwise the configuration of e2e: defaults, f32 precision), given the same
 PROMPT-token prompt, then stepped one token at a time, dense and SCAP alternating step by step. Per step the
 node counters are summed by kind:
 
@@ -70,8 +70,9 @@ class Stepper:
     time per node is the difference of the running totals (average x inferences) before and after it.
     """
 
-    def __init__(self, core: ov.Core, folder: Path, threads: int = 0):
-        config = {"PERF_COUNT": True, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    def __init__(self, core: ov.Core, folder: Path, threads: int = 0, precision: str = "f32"):
+        config = {"PERF_COUNT": True, **e2e.precision_properties(precision),
+                  **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         self.request = core.compile_model(folder / IR_XML, "CPU", config).create_infer_request()
         self.inputs = {port.any_name for port in self.request.model_inputs}
         self.runs = 0
@@ -129,7 +130,8 @@ class Stepper:
 
 def profile(variant: e2e.Variant, args, prompt: np.ndarray) -> list[dict]:
     core = register(ov.Core())
-    steppers = {"dense": Stepper(core, variant.dense, args.threads), "scap": Stepper(core, variant.scap, args.threads)}
+    steppers = {kind: Stepper(core, folder, args.threads, args.precision)
+                for kind, folder in (("dense", variant.dense), ("scap", variant.scap))}
     samples = {k: [] for k in steppers}
     for stepper in steppers.values():
         stepper.start(prompt)
@@ -202,6 +204,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--warmup", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="INFERENCE_NUM_THREADS of both models (0: plugin default)")
+    ap.add_argument("--precision", choices=e2e.PRECISIONS, default="f32", help="INFERENCE_PRECISION_HINT of both models")
     args = parse_or_print_table(ap, argv, table)
     if args is None:
         return 0
@@ -221,7 +224,8 @@ def main(argv=None) -> int:
         records += profile(variant, args, e2e.prompt_ids(variant.model, variant.dense, args.prompt_tokens))
     result = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "threads": os.cpu_count(),
                        "openvino": ov.get_version(), "model": args.model, "prompt_tokens": args.prompt_tokens,
-                       "steps": args.steps, "inference_threads": args.threads or "default", "command": "python " + " ".join(sys.argv),
+                       "steps": args.steps, "inference_threads": args.threads or "default",
+                       "inference_precision": args.precision, "command": "python " + " ".join(sys.argv),
                        "seconds": round(time.time() - started, 1)},
               "records": records}
     publish(args.json, result, plot, table)

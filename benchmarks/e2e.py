@@ -8,7 +8,10 @@ Models:
                 calibrated to 50 % on its own inputs (random token ids). Its perplexity means nothing (null).
 The dense baseline of each weight format is the same compressed model without SCAP (``export_dense``), and
 the SCAP model is exported from exactly that folder, so both read identical weights. Both run with OpenVINO's
-default CPU configuration (threads, dynamic quantization of the dense compressed FC), as a user gets them.
+default CPU configuration (threads, dynamic quantization of the dense compressed FC), as a user gets them, except
+the inference precision, pinned to f32 (``--precision``): the op computes in f32, and on a CPU with AVX512_BF16 or
+AMX OpenVINO's default is bf16, which would run the dense model's FCs (and every other node) in bf16 on bf16 copies
+of fp32 weights: another weight format. ``--precision default`` measures what such a CPU gives by default.
 Dense and SCAP runs alternate (ABAB.. with the order flipped every repetition); medians are reported.
 
 decode tok/s = 1000 / time per output token (genai: PerfMetrics TPOT; optimum: (t(N) - t(1)) / (N - 1));
@@ -168,11 +171,19 @@ def perplexities(variant: Variant, windows: int, cache: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ runtimes
+# --precision: OpenVINO's INFERENCE_PRECISION_HINT for both models ("default": the plugin's choice for this CPU)
+PRECISIONS = ("f32", "default")
+
+
+def precision_properties(precision: str) -> dict:
+    return {} if precision == "default" else {"INFERENCE_PRECISION_HINT": precision}
+
+
 class GenaiRunner:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, precision: str):
         from scap_ov.integrations import llm_pipeline
 
-        self.pipe = llm_pipeline(folder, "CPU")
+        self.pipe = llm_pipeline(folder, "CPU", **precision_properties(precision))
 
     def run(self, ids: np.ndarray, new_tokens: int) -> tuple[float, float]:
         import openvino_genai
@@ -185,10 +196,10 @@ class GenaiRunner:
 
 
 class OptimumRunner:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, precision: str):
         from scap_ov.integrations import load_causal_lm
 
-        self.model = load_causal_lm(folder)
+        self.model = load_causal_lm(folder, ov_config=precision_properties(precision))
 
     def _generate(self, ids, new_tokens: int) -> float:
         import torch
@@ -209,7 +220,8 @@ RUNTIMES = {"genai": GenaiRunner, "optimum": OptimumRunner}
 
 
 def measure(variant: Variant, runtime: str, args, prompt: np.ndarray) -> dict:
-    runners = {"dense": RUNTIMES[runtime](variant.dense), "scap": RUNTIMES[runtime](variant.scap)}
+    runners = {kind: RUNTIMES[runtime](folder, args.precision)
+               for kind, folder in (("dense", variant.dense), ("scap", variant.scap))}
     for runner in runners.values():  # warm-up: compile caches, first-inference allocations
         runner.run(prompt, 4)
     samples = {k: [] for k in runners}
@@ -313,6 +325,8 @@ def main(argv=None) -> int:
     calibration_arguments(ap)
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--precision", choices=PRECISIONS, default="f32",
+                    help="INFERENCE_PRECISION_HINT of both models (default: f32, what the op computes in)")
     ap.add_argument("--new-tokens", type=int, default=None)
     ap.add_argument("--ppl-windows", type=int, default=None)
     ap.add_argument("--prepare-only", action="store_true", help="export into --work and stop (no timing)")
@@ -356,7 +370,7 @@ def main(argv=None) -> int:
     result = {"meta": {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "threads": os.cpu_count(),
         "openvino": ov.get_version(), "openvino_genai": openvino_genai.__version__, "python": platform.python_version(),
-        "quick": quick, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "reps": args.reps,
+        "quick": quick, "inference_precision": args.precision, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "reps": args.reps,
         "ppl_windows_x256": args.ppl_windows, "slice_layers": args.slice_layers, "smollm2_calibration": args.samples,
         "smollm2_probes": f"{args.probe_windows}x{args.probe_tokens}",
         "seconds": round(time.time() - started, 1),
