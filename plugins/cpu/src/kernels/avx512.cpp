@@ -53,16 +53,18 @@ struct V {
     static inline float hsum(vec v) {
         return _mm512_reduce_add_ps(v);
     }
-    // Keep lanes with |d| > t (NaN compares false): compress kept d and their indices (j0 + lane) to
-    // d_out / idx_out, add kept d to sum; returns how many were kept.
+    // Keep lanes with |d| > t (NaN compares false): write kept d and their indices (j0 + lane) contiguously
+    // to d_out / idx_out (room for W entries needed, as on AVX2), add kept d to sum; returns how many were kept.
+    // Compressed in a register and stored whole: Zen 4 microcodes VCOMPRESSPS / VPCOMPRESSD with a memory
+    // destination (about 2 us per call of a 576-channel gather here, a fifth of the op's decode time).
     static inline int compress_kept(vec dv, vec t, int32_t j0, float* d_out, int32_t* idx_out, vec& sum) {
         const vec absd = _mm512_abs_ps(dv);
         const __mmask16 keep = _mm512_cmp_ps_mask(absd, t, _CMP_GT_OQ);
         sum = _mm512_mask_add_ps(sum, keep, sum, dv);
-        _mm512_mask_compressstoreu_ps(d_out, keep, dv);
+        _mm512_storeu_ps(d_out, _mm512_maskz_compress_ps(keep, dv));
         const __m512i lanes = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                                _mm512_set1_epi32(j0));
-        _mm512_mask_compressstoreu_epi32(idx_out, keep, lanes);
+        _mm512_storeu_si512(idx_out, _mm512_maskz_compress_epi32(keep, lanes));
         return __builtin_popcount(static_cast<unsigned>(keep));
     }
     static inline vec load_scale(const void* s, bool f16, int64_t k) {
