@@ -17,21 +17,9 @@ except ImportError:  # running from a checkout without an install
 
 
 def cpu_name() -> str:
-    """Model name, family / model and the widest kernel ISA, e.g. "AMD EPYC (family 25 model 17, avx512)": VMs
-    here report only "AMD EPYC", for AVX2-only Zen 3 and AVX-512 Zen 4 alike, and results differ between them."""
-    try:
-        fields = {}
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if not line.strip():
-                break  # the first processor is enough
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return "unknown"
-    flags = set(fields.get("flags", "").split())
-    isa = ("avx512" if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
-           else "avx2" if "avx2" in flags else "no avx2")
-    return f"{fields.get('model name', 'unknown')} (family {fields.get('cpu family', '?')} model {fields.get('model', '?')}, {isa})"
+    from scap_ov.machine import cpu_description
+
+    return cpu_description()
 
 
 def write_json(path: Path, result: dict) -> None:

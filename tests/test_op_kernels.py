@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,10 +27,10 @@ from hypothesis import strategies as st
 
 from scap_ov import ops, packing
 from scap_ov.extension import extension_path
+from scap_ov.machine import ISAS, cpu_description, kernel_isa
 
 FUZZ_EXAMPLES = int(os.environ.get("SCAP_OV_FUZZ_EXAMPLES", "12"))
 WEIGHT_TYPES = ("f32", "f16", "bf16", "i8", "u8", "i4", "u4")
-ISAS = ("scalar", "avx2", "avx512")
 FUZZ_REPORT = os.environ.get("SCAP_OV_FUZZ_REPORT")
 
 
@@ -209,26 +208,9 @@ def fc_cases(draw, wtype):
     )
 
 
-def cpu_model() -> str:
-    try:
-        return next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def effective_isas() -> dict[str, str]:
-    """SCAP_OV_ISA cap -> the kernel ISA the extension runs with it on this CPU (mirrors kernels/dispatch.cpp)."""
-    try:
-        flags = set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                         if ln.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        flags = set()
-    best = "scalar"
-    if {"avx2", "fma", "f16c", "bmi2"} <= flags:
-        best = "avx2"
-        if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
-            best = "avx512"
+    """SCAP_OV_ISA cap -> the kernel ISA the extension runs with it on this CPU."""
+    best = kernel_isa()
     return {cap: min(cap, best, key=ISAS.index) for cap in ISAS}
 
 
@@ -256,7 +238,7 @@ class FuzzStats:
             "hypothesis_seed": self.seed,
             "examples_per_weight_type": FUZZ_EXAMPLES,
             "isas_compared": effective_isas(),  # each case: every cap's output vs the oracle and vs scalar
-            "cpu": cpu_model(),
+            "cpu": cpu_description(),
             "extension": extension_path(),
             "sanitized": "libasan" in os.environ.get("LD_PRELOAD", ""),
         }
