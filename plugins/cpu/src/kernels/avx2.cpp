@@ -144,6 +144,7 @@ IsaKernels avx2_kernels() {
     k.decode_multi = &decode_multi_entry;
     k.dense = &dense_entry;
     k.mr = V::MR;
+    k.nr = V::NRV * V::W;
     return k;
 }
 

@@ -126,6 +126,7 @@ IsaKernels avx512_kernels() {
     k.decode_multi = &decode_multi_entry;
     k.dense = &dense_entry;
     k.mr = V::MR;
+    k.nr = V::NRV * V::W;
     return k;
 }
 

@@ -52,7 +52,7 @@ struct Gathered {
 };
 
 // ISA entry points (one set per ISA translation unit). All work on a column range [c0, c1) of the output,
-// where c0 is a multiple of 64 (or 0) so that 4-bit rows start on a byte boundary.
+// where c0 is a multiple of 64 (decode) or of IsaKernels::nr (dense), so that 4-bit rows start on a byte boundary.
 // decode: y[c0:c1] = sum over the kept rows of token `g`, dequantized, + bias.
 // `scratch` holds at least (c1 - c0) + 64 floats, 64-byte aligned.
 using DecodeFn = void (*)(const FcArgs& a, const Gathered& g, float* yrow, int64_t c0, int64_t c1, float* scratch);
@@ -84,7 +84,8 @@ struct IsaKernels {
     GatherFn gather = nullptr;
     DecodeFn decode = nullptr;
     DenseFn dense = nullptr;
-    int mr = 1;  // token tile of the dense micro-kernel (Dp packing)
+    int mr = 1;   // token tile of the dense micro-kernel (Dp packing)
+    int nr = 64;  // column panel of the dense micro-kernel (even: 4-bit rows start on a byte boundary)
 };
 
 IsaKernels avx2_kernels();
