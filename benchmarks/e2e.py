@@ -11,7 +11,8 @@ the SCAP model is exported from exactly that folder, so both read identical weig
 default CPU configuration (threads, dynamic quantization of the dense compressed FC), as a user gets them, except
 the inference precision, pinned to f32 (``--precision``): the op computes in f32, and on a CPU with AVX512_BF16 or
 AMX OpenVINO's default is bf16, which would run the dense model's FCs (and every other node) in bf16 on bf16 copies
-of fp32 weights: another weight format. ``--precision default`` measures what such a CPU gives by default.
+of fp32 weights: another weight format. ``--precision default`` measures what the loaders give each folder by
+default: the plugin's choice for the dense one, f32 for the SCAP one (scap_ov.integrations.SCAP_FOLDER_PROPERTIES).
 Dense and SCAP runs alternate (ABAB.. with the order flipped every repetition); medians are reported.
 
 decode tok/s = 1000 / time per output token (genai: PerfMetrics TPOT; optimum: (t(N) - t(1)) / (N - 1));
@@ -172,7 +173,7 @@ def perplexities(variant: Variant, windows: int, cache: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ runtimes
-# --precision: OpenVINO's INFERENCE_PRECISION_HINT for both models ("default": the plugin's choice for this CPU)
+# --precision: OpenVINO's INFERENCE_PRECISION_HINT for both models ("default": what the loaders choose per folder)
 PRECISIONS = ("f32", "default")
 
 

@@ -90,3 +90,36 @@ def test_missing_extension(fused_folder, tmp_path, monkeypatch, capsys):
 def test_folder_without_ir(tmp_path, capsys):
     assert main(["check", str(tmp_path)]) == 2
     assert "holds no openvino_model.xml" in capsys.readouterr().err
+
+
+def test_loaders_default_a_fused_folder_to_f32_precision(fused_folder, monkeypatch):
+    """The op computes in f32: llm_pipeline / load_causal_lm compile a fused folder with f32 precision unless the
+    caller says otherwise (the plugin defaults to bf16 on CPUs with AVX512_BF16 / AMX), and pass the extension."""
+    import openvino_genai
+    from optimum.intel import OVModelForCausalLM
+
+    from scap_ov import integrations
+
+    seen = []
+    monkeypatch.setattr(openvino_genai, "LLMPipeline", lambda folder, device, **props: seen.append(props))
+    monkeypatch.setattr(OVModelForCausalLM, "from_pretrained", staticmethod(lambda folder, **kw: seen.append(kw)))
+    integrations.llm_pipeline(fused_folder)
+    integrations.llm_pipeline(fused_folder, INFERENCE_PRECISION_HINT="bf16")
+    integrations.load_causal_lm(fused_folder)
+    integrations.load_causal_lm(fused_folder, ov_config={"INFERENCE_PRECISION_HINT": "bf16", "NUM_STREAMS": 1})
+    assert seen[0]["INFERENCE_PRECISION_HINT"] == "f32" and seen[0]["extensions"] == [extension_path()]
+    assert seen[1]["INFERENCE_PRECISION_HINT"] == "bf16"
+    assert seen[2]["ov_config"] == {"INFERENCE_PRECISION_HINT": "f32"}
+    assert seen[3]["ov_config"] == {"INFERENCE_PRECISION_HINT": "bf16", "NUM_STREAMS": 1}
+
+
+def test_loaders_leave_a_dense_folder_to_the_plugin(tmp_path, monkeypatch):
+    import openvino_genai
+
+    from scap_ov import integrations
+
+    ov.save_model(tiny_block_model(), tmp_path / "openvino_model.xml")
+    seen = []
+    monkeypatch.setattr(openvino_genai, "LLMPipeline", lambda folder, device, **props: seen.append(props))
+    integrations.llm_pipeline(tmp_path)
+    assert seen == [{}]

@@ -14,7 +14,7 @@ from scap_ov.layers import find_fcs, module_name, weighted_matmuls
 from scap_ov.pipeline import PORTABLE_XML, load_tokenizer
 from scap_ov.transformations.fuse_cpu import count_fused
 from scap_ov.transformations.portable import apply_portable
-from test_encoder import assert_fused_equals_portable, expected_fcs, infer, padded_batch, portable_and_fused_per_fc
+from test_encoder import expected_fcs, infer, padded_batch, portable_and_fused_per_fc
 
 pytestmark = pytest.mark.slow
 MODEL = "minilm-l6"
@@ -79,13 +79,36 @@ def test_kde_at_50_percent_realises_the_target_and_keeps_embeddings(scap_folder)
     assert modes["down"] < -0.1  # the GELU output's peak sits at its minimum, not at zero
 
 
+def pooled_cosines(a, b, mask):
+    """Per sentence: cosine similarity of the two models' mean-pooled token states (the sentence embedding)."""
+    m = mask[..., None].astype(np.float32)
+    pa, pb = (a * m).sum(1) / m.sum(1), (b * m).sum(1) / m.sum(1)
+    return (pa * pb).sum(1) / np.linalg.norm(pa, axis=1) / np.linalg.norm(pb, axis=1)
+
+
 def test_fused_ir_equals_portable_ir_per_fc(scap_folder, dense_folder, held_out):
+    """As for SmolLM2 (test_real_model.test_fused_ir_equals_portable_ir): a pruned network is discontinuous, so
+    only the first layer's FCs see the same inputs in both IRs up to rounding and must match to float precision.
+    Later, an input within an ulp of its threshold (seen on Zen 4: 1.2e-7 from tau in one token of layer 2's
+    attention output FC, after kernels that round differently from Zen 3's) flips one keep decision, and attention
+    spreads that token's difference over its sentence: end to end, the sentence embeddings must agree."""
     artifact = Artifact.load(scap_folder / ARTIFACT_NAME)
     portable, fused = portable_and_fused_per_fc(read(dense_folder), artifact)
-    assert_fused_equals_portable(portable, fused, padded_batch(held_out[:4]), 36, 2e-4)
-    # The folder's own IRs: the saved fused IR (read back as the C++ op) computes what the saved portable one does.
+    assert count_fused(fused) == 36 and count_fused(portable) == 0
+    batch = padded_batch(held_out[:4])
     core = scap_ov.register(ov.Core())
+    expected, got = infer(portable, batch, core), infer(fused, batch, core)
+    names = [o.get_any_name() for o in portable.outputs]
+    assert sum(name.startswith("fc:") for name in names) == 36
+    first_layer = [name for name in names if name.startswith("fc:encoder.layer.0.")]
+    assert len(first_layer) == 6
+    for name in first_layer:
+        np.testing.assert_allclose(got[name], expected[name], rtol=2e-4, atol=2e-4, err_msg=name)
+    assert pooled_cosines(got["last_hidden_state"], expected["last_hidden_state"], batch["attention_mask"]).min() >= 0.99
+    # The folder's own IRs: the saved fused IR (read back as the C++ op) computes what the saved portable one does.
     saved_fused, saved_portable = core.read_model(scap_folder / IR_XML), core.read_model(scap_folder / PORTABLE_XML)
     assert count_fused(saved_fused) == 36
-    np.testing.assert_allclose(infer(saved_fused, padded_batch(held_out), core)[0],
-                               infer(saved_portable, padded_batch(held_out), core)[0], rtol=2e-4, atol=2e-4)
+    batch = padded_batch(held_out)
+    cosines = pooled_cosines(infer(saved_fused, batch, core)[0], infer(saved_portable, batch, core)[0],
+                             batch["attention_mask"])
+    assert cosines.min() >= 0.99, cosines

@@ -278,10 +278,11 @@ def test_upcycled_smollm2_moe_computes_dense_smollm2():
     expected = _logits(dense / IR_XML, window)
     assert np.abs(expected).max() > 10  # real logits
     # Equal up to f32 summation order (8 partial sums of 192 channels instead of one of 1536): measured max
-    # 1.1e-4 over these 256 x 49152 logits (|logit| <= 39), less than the dense IR's own distance to torch's
-    # logits (1.4e-4); 8.7e-5 on a 39-token sentence.
+    # 1.1e-4 (mean below 1e-5) over these 256 x 49152 logits (|logit| <= 39) on an AVX2 Zen 3, max 1.8e-4, mean 1.05e-5
+    # on an AVX-512 Zen 4 (OpenVINO's kernels block the sums differently there): of the order of the dense IR's own
+    # distance to torch's logits (1.4e-4). A wrong expert weight or scale would be off by far more than 1e-3.
     diff = np.abs(_logits(moe / IR_XML, window) - expected)
-    assert diff.max() <= 2e-4 and diff.mean() <= 1e-5
+    assert diff.max() <= 3e-4 and diff.mean() <= 2e-5
 
 
 @pytest.mark.slow

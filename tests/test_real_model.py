@@ -235,16 +235,18 @@ def test_optimum_intel_loads_and_generates_the_fused_model(scap_folder):
     from optimum.intel import OVModelForCausalLM
     from transformers import AutoTokenizer
 
-    from scap_ov.integrations import enable_optimum_intel
+    from scap_ov.integrations import enable_optimum_intel, load_causal_lm
 
     assert "optimum.intel.openvino.modeling_base" in enable_optimum_intel()
-    model = OVModelForCausalLM.from_pretrained(scap_folder, ov_config=F32)
+    model = load_causal_lm(scap_folder)  # the loader's defaults: f32 precision for a fused folder
+    assert isinstance(model, OVModelForCausalLM)
     assert count_fused(model.model) == 210
     tokenizer = AutoTokenizer.from_pretrained(scap_folder)
     inputs = tokenizer("It is a truth universally acknowledged, that", return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 8
     assert tokenizer.decode(out[0, inputs["input_ids"].shape[1]:]).strip()
+    assert model.request.get_compiled_model().get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32
 
 
 def test_genai_pipeline_loads_and_generates_with_the_extension(scap_folder):
