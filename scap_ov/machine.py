@@ -6,6 +6,7 @@ result depends on which: reports carry the family / model numbers and the kernel
 from __future__ import annotations
 
 import platform
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,6 +34,21 @@ def kernel_isa() -> str:
     if not {"avx2", "fma", "f16c", "bmi2"} <= flags:
         return "scalar"
     return "avx512" if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags else "avx2"
+
+
+def has_vnni() -> bool:
+    """AVX-512 VNNI: the prefill kernel with dynamically quantized activations (kernels/avx512_vnni.cpp)."""
+    return kernel_isa() == "avx512" and "avx512_vnni" in _cpuinfo().get("flags", "").split()
+
+
+def dynamic_quantization_chunk() -> int:
+    """Channels per activation chunk of the dynamically quantized prefill path, as the extension reads
+    $SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE (default 32, 0 = off; rounded down to a multiple of 4, at most 512)."""
+    try:
+        v = int(os.environ.get("SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE", "") or 32)
+    except ValueError:
+        v = 0  # the extension's atoll reads a non-number as 0
+    return 0 if v <= 0 else min(512, max(4, v // 4 * 4))
 
 
 def cpu_description() -> str:

@@ -11,6 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 F32 = {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0"}
+# The op's counterpart of DYNAMIC_QUANTIZATION_GROUP_SIZE=0 (an environment variable: an extension op cannot see
+# compile properties): model-level tests compare the op with OpenVINO's exact FC. tests/test_op_kernels.py turns
+# the quantized prefill path back on and checks it against its own oracle.
+os.environ["SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE"] = "0"
 
 
 def fc_name(block: int, path: str) -> str:

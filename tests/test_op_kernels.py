@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from scap_ov import ops, packing
 from scap_ov.extension import extension_path
-from scap_ov.machine import ISAS, cpu_description, kernel_isa
+from scap_ov.machine import ISAS, cpu_description, dynamic_quantization_chunk, has_vnni, kernel_isa
 
 FUZZ_EXAMPLES = int(os.environ.get("SCAP_OV_FUZZ_EXAMPLES", "12"))
 WEIGHT_TYPES = ("f32", "f16", "bf16", "i8", "u8", "i4", "u4")
@@ -41,20 +41,36 @@ def core() -> ov.Core:
     return c
 
 
+@pytest.fixture(autouse=True)
+def quantized_prefill(monkeypatch):
+    """The extension's default (conftest.py turns it off for model-level tests): prefill on compressed weights
+    with activations quantized in chunks of 32, checked against quantized_oracle."""
+    monkeypatch.setenv("SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE", "32")
+
+
 @contextmanager
-def isa(name: str | None):
-    old = os.environ.get("SCAP_OV_ISA")
-    if name is None:
-        os.environ.pop("SCAP_OV_ISA", None)
+def env_var(key: str, value: str | None):
+    """Set (or, with None, unset) an environment variable the extension reads per call, then restore it."""
+    old = os.environ.get(key)
+    if value is None:
+        os.environ.pop(key, None)
     else:
-        os.environ["SCAP_OV_ISA"] = name
+        os.environ[key] = value
     try:
         yield
     finally:
         if old is None:
-            os.environ.pop("SCAP_OV_ISA", None)
+            os.environ.pop(key, None)
         else:
-            os.environ["SCAP_OV_ISA"] = old
+            os.environ[key] = old
+
+
+def isa(name: str | None):
+    return env_var("SCAP_OV_ISA", name)
+
+
+def dq_chunk(value: str | None):
+    return env_var("SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE", value)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -108,6 +124,49 @@ def oracle(x: np.ndarray, case: Case, mode, thr, bias):
     if bias is not None:
         y = y + np.asarray(bias, np.float64)
     return y.reshape(*x.shape[:-1], case.oc), bound.reshape(*x.shape[:-1], case.oc), keep
+
+
+def quantized_oracle(x: np.ndarray, case: Case, mode, thr, bias, chunk: int):
+    """float64 oracle of the dense path with dynamically quantized activations (kernel.hpp, QuantActs): each
+    token's masked, centred activations are cut into chunks of `chunk` channels inside each weight group and
+    quantized to int8 (q = round half to even(d * (127 / max|d|)), scale max|d| / 127, both in float32); the
+    product with the dequantized weights is exact in float64. Tokens with a non-finite kept activation take the
+    f32 path (the plain oracle)."""
+    exact, bound, keep = oracle(x, case, mode, thr, bias)
+    with np.errstate(invalid="ignore"):
+        d = x.reshape(-1, case.ic).astype(np.float32) - np.asarray(mode, np.float32)
+    d = np.where(keep.reshape(d.shape), d, np.float32(0))
+    gs = case.packed.group_size if case.packed.group_size else case.ic
+    deq = np.zeros(d.shape, np.float64)
+    bad = np.zeros(d.shape[0], bool)
+    for g0 in range(0, case.ic, gs):
+        for j0 in range(g0, g0 + gs, chunk):
+            j1 = min(g0 + gs, j0 + chunk)
+            blk = d[:, j0:j1]
+            amax = np.abs(blk).max(axis=1)
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+                inv = np.float32(127) / amax
+                q = np.clip(np.rint(blk * inv[:, None]), -127, 127)
+            ok = np.isfinite(inv) & np.isfinite(amax)
+            bad |= ~np.isfinite(amax)
+            sa = np.where(ok, amax / np.float32(127), np.float32(0)).astype(np.float64)
+            deq[:, j0:j1] = np.where(ok[:, None], q, 0).astype(np.float64) * sa[:, None]
+    y = deq @ case.wdeq.T
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    y = y.reshape(exact.shape)
+    flat_bad = bad.reshape(exact.shape[:-1])
+    y[flat_bad] = exact[flat_bad]
+    return y, bound
+
+
+def takes_quantized_path(isa_name: str, case: Case, tokens: int) -> bool:
+    """Whether the extension runs this call on the dynamically quantized dense path (kernels/dispatch.cpp)."""
+    gs = case.packed.group_size if case.packed.group_size else case.ic
+    if case.wtype in packing.FLOAT_TYPES or tokens <= 8 or gs % 4 or not dynamic_quantization_chunk():
+        return False
+    effective = effective_isas()[isa_name]
+    return effective == "scalar" or (effective == "avx512" and has_vnni())
 
 
 def assert_close(got: np.ndarray, want: np.ndarray, bound: np.ndarray, what: str, rtol=1e-4):
@@ -170,12 +229,17 @@ def check_case(core, rng, wtype, ic, oc, group, m_tokens, sparsity, vec_mode, ve
     x_shape = [-1] * (x.ndim - 1) + [ic] if dynamic else list(x.shape)
     compiled = compile_model(core, build_model(case, x_shape, mode, thr, bias), threads)
     want, bound, keep = oracle(x, case, mode, thr, bias)
+    tokens = int(np.prod(x.shape[:-1]))
+    want_q = None
+    if any(takes_quantized_path(name, case, tokens) for name in ISAS):
+        want_q, _ = quantized_oracle(x, case, mode, thr, bias, dynamic_quantization_chunk())
     outs = run_all_isas(compiled, x)
     tag = f"{wtype} IC={ic} OC={oc} g={group} M={m_tokens} s={sparsity:.2f} thr={threads}"
     for name, got in outs.items():
         assert got.shape == (*x.shape[:-1], oc)
-        assert_close(got, want, bound, f"{tag} [{name} vs oracle]")
-        if name != "scalar":
+        quantized = takes_quantized_path(name, case, tokens)
+        assert_close(got, want_q if quantized else want, bound, f"{tag} [{name} vs oracle{' (dq)' if quantized else ''}]")
+        if name != "scalar" and quantized == takes_quantized_path("scalar", case, tokens):
             assert_close(got, outs["scalar"].astype(np.float64), bound, f"{tag} [{name} vs scalar]")
     return keep
 
@@ -322,6 +386,41 @@ def test_token_counts_and_leading_dims(core, wtype, m_tokens):
     check_case(core, rng, wtype, 192, 200, group, m_tokens, 0.5, True, True, True, 2, True, lead=(1,))
     check_case(core, rng, wtype, 192, 200, group, m_tokens, 0.5, False, False, False, 1, False,
                dynamic=False, lead=(2,))
+
+
+@pytest.mark.parametrize("wtype, group", [("i8", None), ("u8", None), ("i4", 32), ("u4", 64), ("i4", 128)])
+@pytest.mark.parametrize("chunk", ["0", "6", "16", "32", "512", "100000"])
+def test_dynamic_quantization_chunks(core, wtype, group, chunk):
+    """Prefill on compressed weights quantizes activations per chunk (SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE,
+    read per call; 0 = exact f32): every ISA matches the oracle of the path it takes, for chunks that are not a
+    multiple of 4 (6 -> 4), shorter than, equal to and longer than the weight group, and past the 512 cap."""
+    rng = np.random.default_rng(int(chunk) % 1000 + 5)
+    with dq_chunk(chunk):
+        check_case(core, rng, wtype, 256, 150, group, 40, 0.4, True, True, True, 2, True)
+        check_case(core, rng, wtype, 256, 150, group, 300, 0.4, False, False, False, 1, False)  # two 256-token blocks
+
+
+@pytest.mark.parametrize("wtype, group", [("i8", None), ("u4", 32)])
+def test_dynamic_quantization_is_taken_and_stays_close(core, wtype, group):
+    """Where the CPU has VNNI (or under the scalar kernel), prefill on compressed weights really is quantized (it
+    differs from the exact product) and stays within the error of 8-bit activations; the one-token path stays
+    exact."""
+    rng = np.random.default_rng(21)
+    case = Case(rng, wtype, 512, 96, group)
+    x = rng.standard_normal((64, 512)).astype(np.float32)
+    compiled = compile_model(core, build_model(case, [-1, 512], np.float32(0.0), np.float32(0.3), None), 2)
+    exact, bound, _ = oracle(x, case, np.float32(0.0), np.float32(0.3), None)
+    names = [n for n in ISAS if takes_quantized_path(n, case, 64)]
+    assert "scalar" in names
+    req = compiled.create_infer_request()
+    for name in names:
+        with isa(name):
+            got = req.infer([x])[0].astype(np.float64)
+            one = req.infer([x[:1]])[0].astype(np.float64)
+        rel = np.abs(got - exact) / bound
+        assert rel.max() > 1e-6, f"{name}: prefill equals the exact product: not quantized"
+        assert rel.max() < 0.02 and np.median(rel) < 2e-3, f"{name}: quantization error {rel.max():.3g}"
+        assert_close(one, exact[:1], bound[:1], f"{name} one token")
 
 
 def test_nan_pruned_inf_kept(core):

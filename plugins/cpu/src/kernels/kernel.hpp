@@ -79,7 +79,44 @@ struct UnionRows {
 using DecodeMultiFn = void (*)(const FcArgs& a, const UnionRows& u, float* const* yrows, int64_t c0, int64_t c1,
                                float* scratch);
 
+// Dynamically quantized activations of the dense path for compressed (int8/int4) weights, as OpenVINO's own FC
+// does by default (DYNAMIC_QUANTIZATION_GROUP_SIZE): each token's masked, centred activations d are cut into
+// chunks of at most `chunk` channels that never cross a weight group (chunk c of group g covers channels
+// [g*gs + c*chunk, min((g+1)*gs, g*gs + (c+1)*chunk)) ) and each chunk is quantized to int8 with a symmetric
+// scale: q = round_half_even(d * (127 / max|d|)), sa = max|d| / 127 (q = 0, sa = 0 for an all-zero chunk).
+// Needs the group size and the chunk to be multiples of 4 (whole VNNI channel quads).
+struct QuantActs {
+    const int32_t* q = nullptr;      // [n_mtiles][IC / 4][qmr]: the 4 int8 of one token's channel quad
+    const float* sa = nullptr;       // [n_mtiles][H][qmr]: chunk scales
+    const float* ssum = nullptr;     // [n_mtiles][H][qmr]: sa * sum(q) over the chunk
+    int64_t chunk = 32;              // channels per chunk
+    int64_t chunks_per_group = 1;    // ceil(group_size / chunk)
+    int64_t n_chunks = 0;            // H = n_groups * chunks_per_group
+};
+// dense_q: Y[:, c0:c1] = dequantized product of the quantized activations and the integer weights + bias, with
+// integer dot products per chunk (y = bias + sum_g s_g sum_c sa_c (q_c . (w - zp)) ).
+// `scratch` holds at least kQuantScratchBytes bytes, 64-byte aligned.
+using DenseQFn = void (*)(const FcArgs& a, const QuantActs& q, int64_t c0, int64_t c1, uint8_t* scratch);
+// quantize_q: quantize one token straight into the QuantActs layout: its quad values to q[quad * qmr], its chunk
+// scales and scaled sums to sa[h * qmr] / ssum[h * qmr]. Same results as quantize_token; false (and the token's
+// slots unspecified) when a kept activation is not finite.
+using QuantizeFn = bool (*)(const FcArgs& a, const float* x, int64_t chunk, int32_t* q, float* sa, float* ssum);
+constexpr int64_t kQuantScratchBytes = 512 * 1024;
+
+// Quantize one token (see QuantActs) into q (IC int8), sa and ssum (H floats each). Returns false, writing
+// nothing useful, when a kept activation is not finite (the caller then takes the f32 path, which propagates
+// NaN / Inf as the portable IR does).
+bool quantize_token(const FcArgs& a, const float* x, int64_t chunk, int8_t* q, float* sa, float* ssum);
+// Chunk length of the dynamic quantization: $SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE (read per call; default
+// 32 like OpenVINO's CPU plugin; 0 turns it off; other values are rounded down to a multiple of 4).
+int64_t dynamic_quantization_chunk();
+// The scalar oracle of dense_q: same quantization, integer dot products in int64, no SIMD, no threads.
+void run_reference_dq(const FcArgs& a, int64_t chunk);
+
 struct IsaKernels {
+    DenseQFn dense_q = nullptr;      // nullptr: the ISA has no VNNI (the dense path stays f32)
+    QuantizeFn quantize_q = nullptr; // set with dense_q
+    int qmr = 4;                     // token tile of dense_q
     DecodeMultiFn decode_multi = nullptr;
     GatherFn gather = nullptr;
     DecodeFn decode = nullptr;
@@ -90,6 +127,8 @@ struct IsaKernels {
 
 IsaKernels avx2_kernels();
 IsaKernels avx512_kernels();
+// dense_q, quantize_q and qmr of the AVX-512 VNNI file (the other members left as they are)
+void add_avx512_vnni(IsaKernels& k);
 
 // Scalar reference implementation: the oracle (no SIMD, no threads, direct dequantization).
 void run_reference(const FcArgs& a);
