@@ -226,8 +226,8 @@ static void dense_q_entry(const FcArgs& a, const QuantActs& qa, int64_t c0, int6
     }
 }
 
-// Quantize one token into the kernel layout (see QuantizeFn; same arithmetic as quantize_token in
-// dispatch.cpp: d masked in f32, amax exact, inv = 127 / amax, q = round half to even (VCVTPS2DQ), sums in int32).
+// Quantize one token into the kernel layout (see QuantizeFn; same arithmetic as quantize_token in reference.cpp:
+// d masked in f32, amax exact, inv = 127 / amax, q = round half to even (VCVTPS2DQ), sums in int32).
 static bool quantize_entry(const FcArgs& a, const float* x, int64_t chunk, int32_t* q, float* sa, float* ssum) {
     alignas(64) float dbuf[512 + 16];
     const int64_t gs = a.group_size, cpg = (gs + chunk - 1) / chunk;

@@ -308,15 +308,9 @@ void dense_quantized(const FcArgs& b, const IsaKernels& k, int64_t chunk, int nt
         float* scratch = thread_scratch(static_cast<size_t>(kQuantScratchBytes / sizeof(float)));
         k.dense_q(b, qa, c0, c1, reinterpret_cast<uint8_t*>(scratch));
     });
-    for (int64_t t = 0; t < b.M; ++t) {
-        if (!bad[t])
-            continue;
-        FcArgs one = b;
-        one.M = 1;
-        one.x = b.x + t * b.IC;
-        one.y = b.y + t * b.OC;
-        run_reference(one);
-    }
+    for (int64_t t = 0; t < b.M; ++t)
+        if (bad[t])
+            run_reference_token(b, t);
 }
 
 constexpr int64_t kKC = 256;           // k-block of the dense path
@@ -366,43 +360,6 @@ int64_t dynamic_quantization_chunk() {
         return 0;
     // whole VNNI quads; at most one dense block (kernels/avx512_vnni.cpp: QKC) so a chunk never spans two
     return std::min<long long>(512, std::max<long long>(4, v / 4 * 4));
-}
-
-bool quantize_token(const FcArgs& a, const float* x, int64_t chunk, int8_t* q, float* sa, float* ssum) {
-    const int64_t gs = a.group_size, cpg = (gs + chunk - 1) / chunk;
-    // masked, centred activation of channel j, exactly as the f32 paths compute it
-    const auto masked = [&](int64_t j) {
-        return masked_centred(x[j], a.mode[a.mode_vec ? j : 0], a.thr[a.thr_vec ? j : 0]);
-    };
-    for (int64_t g = 0; g < a.n_groups; ++g) {
-        for (int64_t c = 0; c < cpg; ++c) {
-            const int64_t j0 = g * gs + c * chunk, j1 = std::min((g + 1) * gs, j0 + chunk);
-            const int64_t h = g * cpg + c;
-            float amax = 0.0f;
-            for (int64_t j = j0; j < j1; ++j)
-                amax = std::max(amax, std::fabs(masked(j)));
-            if (!std::isfinite(amax))
-                return false;
-            const float inv = 127.0f / amax;  // +Inf for an all-zero chunk (or a subnormal max): all-zero chunk
-            if (!std::isfinite(inv)) {
-                std::memset(q + j0, 0, static_cast<size_t>(j1 - j0));
-                sa[h] = 0.0f;
-                ssum[h] = 0.0f;
-                continue;
-            }
-            int32_t sum = 0;
-            for (int64_t j = j0; j < j1; ++j) {
-                // round half to even via the 1.5 * 2^23 trick (|v| <= 127; exact under the default rounding mode)
-                const float r = (masked(j) * inv + 12582912.0f) - 12582912.0f;
-                const int32_t qi = std::max(-127, std::min(127, static_cast<int32_t>(r)));
-                q[j] = static_cast<int8_t>(qi);
-                sum += qi;
-            }
-            sa[h] = amax / 127.0f;
-            ssum[h] = sa[h] * static_cast<float>(sum);
-        }
-    }
-    return true;
 }
 
 int64_t prefetch_bytes_setting() {

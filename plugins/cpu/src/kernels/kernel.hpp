@@ -98,15 +98,12 @@ struct QuantActs {
 // `scratch` holds at least kQuantScratchBytes bytes, 64-byte aligned.
 using DenseQFn = void (*)(const FcArgs& a, const QuantActs& q, int64_t c0, int64_t c1, uint8_t* scratch);
 // quantize_q: quantize one token straight into the QuantActs layout: its quad values to q[quad * qmr], its chunk
-// scales and scaled sums to sa[h * qmr] / ssum[h * qmr]. Same results as quantize_token; false (and the token's
-// slots unspecified) when a kept activation is not finite.
+// scales and scaled sums to sa[h * qmr] / ssum[h * qmr]. Same values as run_reference_dq's quantizer; false (and
+// the token's slots unspecified) when a kept activation is not finite (the caller then takes the f32 path for
+// that token, which propagates NaN / Inf as the portable IR does).
 using QuantizeFn = bool (*)(const FcArgs& a, const float* x, int64_t chunk, int32_t* q, float* sa, float* ssum);
 constexpr int64_t kQuantScratchBytes = 512 * 1024;
 
-// Quantize one token (see QuantActs) into q (IC int8), sa and ssum (H floats each). Returns false, writing
-// nothing useful, when a kept activation is not finite (the caller then takes the f32 path, which propagates
-// NaN / Inf as the portable IR does).
-bool quantize_token(const FcArgs& a, const float* x, int64_t chunk, int8_t* q, float* sa, float* ssum);
 // Chunk length of the dynamic quantization: $SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE (read per call; default
 // 32 like OpenVINO's CPU plugin; 0 turns it off; other values are rounded down to a multiple of 4).
 int64_t dynamic_quantization_chunk();
@@ -132,6 +129,8 @@ void add_avx512_vnni(IsaKernels& k);
 
 // Scalar reference implementation: the oracle (no SIMD, no threads, direct dequantization).
 void run_reference(const FcArgs& a);
+// run_reference for token t of `a` only (the quantized paths' f32 fallback for a token with a non-finite input).
+void run_reference_token(const FcArgs& a, int64_t t);
 
 // Detected ISA capped by $SCAP_OV_ISA (scalar|avx2|avx512).
 Isa active_isa();
