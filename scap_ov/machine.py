@@ -44,11 +44,13 @@ def has_vnni() -> bool:
 def dynamic_quantization_chunk() -> int:
     """Channels per activation chunk of the dynamically quantized prefill path, as the extension reads
     $SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE (default 32, 0 = off; rounded down to a multiple of 4, at most 512)."""
-    try:
-        v = int(os.environ.get("SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE", "") or 32)
-    except ValueError:
-        v = 0  # the extension's atoll reads a non-number as 0
-    return 0 if v <= 0 else min(512, max(4, v // 4 * 4))
+    raw = os.environ.get("SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE", "")
+    if not raw:
+        return 32
+    v = int(raw) if raw.isdigit() else -1
+    if not 0 <= v < 2**63:  # the extension refuses the same values when a model is compiled
+        raise ValueError(f"SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE={raw!r} is not a non-negative integer")
+    return 0 if v == 0 else min(512, max(4, v // 4 * 4))
 
 
 def cpu_description() -> str:

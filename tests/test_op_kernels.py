@@ -400,6 +400,29 @@ def test_dynamic_quantization_chunks(core, wtype, group, chunk):
         check_case(core, rng, wtype, 256, 150, group, 300, 0.4, False, False, False, 1, False)  # two 256-token blocks
 
 
+@pytest.mark.parametrize("value", ["abc", "32x", "-4", "+8", " 8", "1.5", "99999999999999999999999"])
+def test_dynamic_quantization_setting_must_be_an_integer(core, value):
+    """A malformed SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE fails compilation with a message naming it; set after
+    compiling (where an error from evaluate() would not reach the caller) it gives the exact f32 prefill, never a
+    silently wrong result."""
+    rng = np.random.default_rng(2)
+    case = Case(rng, "i8", 64, 32, None)
+    x = rng.standard_normal((16, 64)).astype(np.float32)
+    message = "SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE='.*' is not a non-negative integer"
+    static = compile_model(core, build_model(case, [16, 64], np.float32(0.0), np.float32(0.1), None), 1)
+    dynamic = compile_model(core, build_model(case, [-1, 64], np.float32(0.0), np.float32(0.1), None), 1)
+    exact, bound, _ = oracle(x, case, np.float32(0.0), np.float32(0.1), None)
+    with dq_chunk(value):
+        with pytest.raises(ValueError, match="not a non-negative integer"):
+            dynamic_quantization_chunk()
+        with pytest.raises(RuntimeError, match=message):
+            compile_model(core, build_model(case, [16, 64], np.float32(0.0), np.float32(0.1), None), 1)
+        with isa(None):
+            for name, compiled in (("static", static), ("dynamic", dynamic)):
+                got = compiled.create_infer_request().infer([x])[0]
+                assert_close(got, exact, bound, f"{value}: {name} graph")
+
+
 @pytest.mark.parametrize("wtype, group", [("i8", None), ("u4", 32)])
 def test_dynamic_quantization_is_taken_and_stays_close(core, wtype, group):
     """Where the CPU has VNNI (or under the scalar kernel), prefill on compressed weights really is quantized (it

@@ -1,8 +1,10 @@
 #include "scap_fully_connected.hpp"
 
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <openvino/core/parallel.hpp>
 #include <openvino/op/constant.hpp>
@@ -209,9 +211,27 @@ void keep_const_precision(ov::Node* node) {
     if (rt.find(key) == rt.end())
         rt[key] = true;
 }
+
+// Empty when $SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE is unset or a non-negative integer, else what is wrong.
+std::string dynamic_quantization_setting_error() {
+    if (kernels::dynamic_quantization_chunk() >= 0)
+        return {};
+    return std::string("SCAPFullyConnected: ") + kernels::kDynamicQuantizationEnv + "='" +
+           std::getenv(kernels::kDynamicQuantizationEnv) +
+           "' is not a non-negative integer (channels per activation chunk of the quantized prefill on int8/int4 "
+           "weights; 0 = exact f32; unset = 32)";
+}
 }  // namespace
 
 void SCAPFullyConnected::validate_and_infer_types() {
+    // Checked when a model is built, read or compiled, where an error reaches the caller. Not in the copies the
+    // plugin's shape-inference fallback validates at inference (x is a Constant there, see below): OpenVINO
+    // 2026.4 turns an exception there into an empty output, and one from evaluate() into an untouched output
+    // buffer, instead of an error.
+    if (!ov::is_type<ov::op::v0::Constant>(get_input_node_ptr(X))) {
+        const std::string dq_error = dynamic_quantization_setting_error();
+        NODE_VALIDATION_CHECK(this, dq_error.empty(), dq_error);
+    }
     NODE_VALIDATION_CHECK(this,
                           m_schema_version == kSchemaVersion || is_compact(),
                           "SCAPFullyConnected schema_version ",
@@ -618,6 +638,15 @@ bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVec
     a.thr = t ? f32_aligned(*t, thr_copy) : &m_threshold_value;
     a.thr_vec = n_thr != 1;
     a.bias = n_bias ? f32_aligned(*b, bias_copy) : nullptr;
+    // Malformed after compilation (validation refuses it before): exact prefill, said once, since an exception
+    // from here would not reach the caller (see validate_and_infer_types).
+    a.dq_chunk = kernels::dynamic_quantization_chunk();
+    if (a.dq_chunk < 0) {
+        static std::atomic<bool> warned{false};
+        if (!warned.exchange(true))
+            std::fprintf(stderr, "[scap_ov] %s; prefill stays exact f32\n", dynamic_quantization_setting_error().c_str());
+        a.dq_chunk = 0;
+    }
     if (M == 0 || OC == 0)
         return true;
     if (n_outputs == 1) {

@@ -1,5 +1,7 @@
 // ISA selection and the threading driver (generic code: compiled without ISA flags).
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -354,9 +356,17 @@ void debug_log(const FcArgs& a, Isa isa, int nthreads, const char* path, int64_t
 }  // namespace
 
 int64_t dynamic_quantization_chunk() {
-    const char* e = std::getenv("SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE");
-    long long v = e && *e ? std::atoll(e) : 32;
-    if (v <= 0)
+    const char* e = std::getenv(kDynamicQuantizationEnv);
+    if (!e || !*e)
+        return 32;
+    if (!std::isdigit(static_cast<unsigned char>(e[0])))  // no sign, no spaces: digits only
+        return -1;
+    char* end = nullptr;
+    errno = 0;
+    const long long v = std::strtoll(e, &end, 10);
+    if (*end != '\0' || errno == ERANGE)
+        return -1;
+    if (v == 0)
         return 0;
     // whole VNNI quads; at most one dense block (kernels/avx512_vnni.cpp: QKC) so a chunk never spans two
     return std::min<long long>(512, std::max<long long>(4, v / 4 * 4));
@@ -384,8 +394,7 @@ void run(const FcArgs& args, Isa isa, int nthreads) {
     }
     // Many tokens on compressed weights: dynamically quantized activations where the ISA has VNNI (the scalar
     // reference is its oracle), as OpenVINO's FC does for the same weights.
-    const int64_t chunk = a.M > kDecodeMaxM && a.IC > 0 && !is_float_weight(a.wtype) && a.group_size % 4 == 0
-                              ? dynamic_quantization_chunk() : 0;
+    const int64_t chunk = a.M > kDecodeMaxM && !is_float_weight(a.wtype) && a.group_size % 4 == 0 ? a.dq_chunk : 0;
     if (!k.decode || !k.dense || !k.decode_multi || !k.gather) {
         const bool dq = chunk > 0 && isa == Isa::scalar;
         debug_log(a, Isa::scalar, 1, dq ? "reference_dq" : "reference");

@@ -40,6 +40,7 @@ struct FcArgs {
     const float* bias = nullptr;     // [OC] or nullptr
     float* y = nullptr;              // [M, OC]
     int64_t prefetch_bytes = 16384;  // decode: software-prefetch this many bytes of upcoming kept rows ahead
+    int64_t dq_chunk = 0;            // prefill on compressed weights: activation chunk (QuantActs); 0 = exact f32
 };
 
 // Per-token gathered activations for the sparse (decode) path.
@@ -104,8 +105,10 @@ using DenseQFn = void (*)(const FcArgs& a, const QuantActs& q, int64_t c0, int64
 using QuantizeFn = bool (*)(const FcArgs& a, const float* x, int64_t chunk, int32_t* q, float* sa, float* ssum);
 constexpr int64_t kQuantScratchBytes = 512 * 1024;
 
-// Chunk length of the dynamic quantization: $SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE (read per call; default
-// 32 like OpenVINO's CPU plugin; 0 turns it off; other values are rounded down to a multiple of 4).
+// Chunk length of the dynamic quantization (FcArgs::dq_chunk): $SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE (the op
+// reads it per call; default 32 like OpenVINO's CPU plugin; 0 turns it off; other values are rounded down to a
+// multiple of 4, at most 512); -1 when it is set to anything but a non-negative integer.
+constexpr const char* kDynamicQuantizationEnv = "SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE";
 int64_t dynamic_quantization_chunk();
 // The scalar oracle of dense_q: same quantization, integer dot products in int64, no SIMD, no threads.
 void run_reference_dq(const FcArgs& a, int64_t chunk);
