@@ -37,12 +37,13 @@ def kernel_isa() -> str:
 
 
 def has_vnni() -> bool:
-    """AVX-512 VNNI: the prefill kernel with dynamically quantized activations (kernels/avx512_vnni.cpp)."""
+    """AVX-512 VNNI: the prefill and one-token decode kernels with dynamically quantized activations
+    (kernels/avx512_vnni.cpp)."""
     return kernel_isa() == "avx512" and "avx512_vnni" in _cpuinfo().get("flags", "").split()
 
 
 def dynamic_quantization_chunk() -> int:
-    """Channels per activation chunk of the dynamically quantized prefill path, as the extension reads
+    """Channels per activation chunk of the dynamically quantized paths (prefill, one-token decode), as the extension reads
     $SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE (default 32, 0 = off; rounded down to a multiple of 4, at most 512)."""
     raw = os.environ.get("SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE", "")
     if not raw:

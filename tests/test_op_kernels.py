@@ -161,9 +161,10 @@ def quantized_oracle(x: np.ndarray, case: Case, mode, thr, bias, chunk: int):
 
 
 def takes_quantized_path(isa_name: str, case: Case, tokens: int) -> bool:
-    """Whether the extension runs this call on the dynamically quantized dense path (kernels/dispatch.cpp)."""
+    """Whether the extension runs this call with dynamically quantized activations (kernels/dispatch.cpp): one
+    token (the decode) or more than 8 (the dense path); 2..8 tokens (the union decode) stay exact."""
     gs = case.packed.group_size if case.packed.group_size else case.ic
-    if case.wtype in packing.FLOAT_TYPES or tokens <= 8 or gs % 4 or not dynamic_quantization_chunk():
+    if case.wtype in packing.FLOAT_TYPES or 1 < tokens <= 8 or gs % 4 or not dynamic_quantization_chunk():
         return False
     effective = effective_isas()[isa_name]
     return effective == "scalar" or (effective == "avx512" and has_vnni())
@@ -391,13 +392,18 @@ def test_token_counts_and_leading_dims(core, wtype, m_tokens):
 @pytest.mark.parametrize("wtype, group", [("i8", None), ("u8", None), ("i4", 32), ("u4", 64), ("i4", 128)])
 @pytest.mark.parametrize("chunk", ["0", "6", "16", "32", "512", "100000"])
 def test_dynamic_quantization_chunks(core, wtype, group, chunk):
-    """Prefill on compressed weights quantizes activations per chunk (SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE,
-    read per call; 0 = exact f32): every ISA matches the oracle of the path it takes, for chunks that are not a
-    multiple of 4 (6 -> 4), shorter than, equal to and longer than the weight group, and past the 512 cap."""
+    """Prefill and one-token decode on compressed weights quantize activations per chunk
+    (SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE, read per call; 0 = exact f32): every ISA matches the oracle of the
+    path it takes, for chunks that are not a multiple of 4 (6 -> 4), shorter than, equal to and longer than the
+    weight group, and past the 512 cap; one token on short rows (split by rows into chunk-aligned shares) and on
+    rows past the row-split limit (split by columns, with a partial last line)."""
     rng = np.random.default_rng(int(chunk) % 1000 + 5)
     with dq_chunk(chunk):
         check_case(core, rng, wtype, 256, 150, group, 40, 0.4, True, True, True, 2, True)
         check_case(core, rng, wtype, 256, 150, group, 300, 0.4, False, False, False, 1, False)  # two 256-token blocks
+        check_case(core, rng, wtype, 512, 150, group, 1, 0.3, True, True, False, 2, True)
+        check_case(core, rng, wtype, 128, 16500 if wtype in ("i4", "u4") else 8300, group, 1, 0.5, False, False,
+                   False, 2, True)
 
 
 @pytest.mark.parametrize("value", ["abc", "32x", "-4", "+8", " 8", "1.5", "99999999999999999999999"])
@@ -425,9 +431,9 @@ def test_dynamic_quantization_setting_must_be_an_integer(core, value):
 
 @pytest.mark.parametrize("wtype, group", [("i8", None), ("u4", 32)])
 def test_dynamic_quantization_is_taken_and_stays_close(core, wtype, group):
-    """Where the CPU has VNNI (or under the scalar kernel), prefill on compressed weights really is quantized (it
-    differs from the exact product) and stays within the error of 8-bit activations; the one-token path stays
-    exact."""
+    """Where the CPU has VNNI (or under the scalar kernel), prefill and one-token decode on compressed weights
+    really are quantized (they differ from the exact product) and stay within the error of 8-bit activations; the
+    2..8-token decode stays exact."""
     rng = np.random.default_rng(21)
     case = Case(rng, wtype, 512, 96, group)
     x = rng.standard_normal((64, 512)).astype(np.float32)
@@ -440,10 +446,12 @@ def test_dynamic_quantization_is_taken_and_stays_close(core, wtype, group):
         with isa(name):
             got = req.infer([x])[0].astype(np.float64)
             one = req.infer([x[:1]])[0].astype(np.float64)
-        rel = np.abs(got - exact) / bound
-        assert rel.max() > 1e-6, f"{name}: prefill equals the exact product: not quantized"
-        assert rel.max() < 0.02 and np.median(rel) < 2e-3, f"{name}: quantization error {rel.max():.3g}"
-        assert_close(one, exact[:1], bound[:1], f"{name} one token")
+            four = req.infer([x[:4]])[0].astype(np.float64)
+        for what, y, want in (("prefill", got, exact), ("one token", one, exact[:1])):
+            rel = np.abs(y - want) / bound[: len(y)]
+            assert rel.max() > 1e-6, f"{name}: {what} equals the exact product: not quantized"
+            assert rel.max() < 0.02 and np.median(rel) < 2e-3, f"{name}: {what} quantization error {rel.max():.3g}"
+        assert_close(four, exact[:4], bound[:4], f"{name} four tokens")
 
 
 def test_nan_pruned_inf_kept(core):
@@ -558,7 +566,10 @@ def test_rank1_and_empty_token_inputs(core):
     case = Case(rng, "i8", 40, 24, None)
     compiled = compile_model(core, build_model(case, [40], 0.0, 0.3, None), 1)
     x = rng.standard_normal(40).astype(np.float32)
-    want, bound, _ = oracle(x[None], case, 0.0, 0.3, None)
+    if takes_quantized_path(kernel_isa(), case, 1):  # one token on int8 weights: quantized where there is VNNI
+        want, bound = quantized_oracle(x[None], case, 0.0, 0.3, None, dynamic_quantization_chunk())
+    else:
+        want, bound, _ = oracle(x[None], case, 0.0, 0.3, None)
     got = compiled([x])[0]
     assert got.shape == (24,)
     assert_close(got[None], want, bound, "rank-1 x")

@@ -638,13 +638,13 @@ bool SCAPFullyConnected::evaluate(ov::TensorVector& outputs, const ov::TensorVec
     a.thr = t ? f32_aligned(*t, thr_copy) : &m_threshold_value;
     a.thr_vec = n_thr != 1;
     a.bias = n_bias ? f32_aligned(*b, bias_copy) : nullptr;
-    // Malformed after compilation (validation refuses it before): exact prefill, said once, since an exception
+    // Malformed after compilation (validation refuses it before): exact f32, said once, since an exception
     // from here would not reach the caller (see validate_and_infer_types).
     a.dq_chunk = kernels::dynamic_quantization_chunk();
     if (a.dq_chunk < 0) {
         static std::atomic<bool> warned{false};
         if (!warned.exchange(true))
-            std::fprintf(stderr, "[scap_ov] %s; prefill stays exact f32\n", dynamic_quantization_setting_error().c_str());
+            std::fprintf(stderr, "[scap_ov] %s; prefill and decode stay exact f32\n", dynamic_quantization_setting_error().c_str());
         a.dq_chunk = 0;
     }
     if (M == 0 || OC == 0)

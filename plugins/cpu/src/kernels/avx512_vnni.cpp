@@ -1,5 +1,6 @@
-// AVX-512 VNNI kernel of the dense (many-token) path for compressed weights with dynamically quantized
-// activations (kernel.hpp, QuantActs), the scheme OpenVINO's own FC applies by default to int8/int4 weights.
+// AVX-512 VNNI kernels for compressed weights with dynamically quantized activations, the scheme OpenVINO's own
+// FC applies by default to int8/int4 weights: the dense (many-token) path (kernel.hpp, QuantActs) and the
+// one-token decode (QuantGathered, at the end of the file).
 //
 // Weights are re-encoded as unsigned bytes u = w + o (i8: o = 128, i4: o = 8, u8/u4: o = the zero point) in
 // VNNI panels (per channel quad, 48 columns x 4 bytes) and multiplied with the int8 activations by VPDPBUSD
@@ -28,6 +29,9 @@ constexpr int64_t QUAD_BYTES = QNR * 4;
 
 static inline int64_t imin(int64_t a, int64_t b) {
     return a < b ? a : b;
+}
+static inline int64_t imax(int64_t a, int64_t b) {
+    return a > b ? a : b;
 }
 
 // Offset-encoded byte of column c of a weight row.
@@ -99,6 +103,34 @@ static void pack_panels(const FcArgs& a, int64_t rb, int64_t k0, int64_t kl, int
 static inline __mmask16 lane_mask(int64_t np, int v) {
     const int64_t n = np - 16 * v;
     return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+// Scales s and offsets o (i8: 128, i4: 8, u8 / u4: the zero point) of the n <= 16 columns [c, c + n) of weight
+// group gi; lanes past n are zero. Vector loads: a per-column scalar conversion per group costs more than the
+// one-token product itself on group-wise int4.
+template <WType T>
+static inline void group_params16(const FcArgs& a, int64_t gi, int64_t c, int64_t n, __m512& s, __m512& o) {
+    const __mmask16 m = lane_mask(n, 0);
+    const int64_t e = gi * a.OC + c;
+    s = a.scales_f16 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, static_cast<const uint16_t*>(a.scales) + e))
+                     : _mm512_maskz_loadu_ps(m, static_cast<const float*>(a.scales) + e);
+    if constexpr (T == WType::i8) {
+        o = _mm512_set1_ps(128.0f);
+    } else if constexpr (T == WType::i4) {
+        o = _mm512_set1_ps(8.0f);
+    } else if constexpr (T == WType::u8) {
+        o = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, a.zp + e)));
+    } else if ((e & 1) == 0) {  // u4, whole bytes: low nibble first
+        const __m128i b = _mm_maskz_loadu_epi8(lane_mask((n + 1) / 2, 0), a.zp + e / 2);
+        const __m128i nib = _mm_set1_epi8(0x0F);
+        const __m128i u = _mm_unpacklo_epi8(_mm_and_si128(b, nib), _mm_and_si128(_mm_srli_epi16(b, 4), nib));
+        o = _mm512_maskz_mov_ps(m, _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(u)));
+    } else {  // u4 starting on a high nibble (odd OC and odd group)
+        alignas(64) float z[16] = {};
+        for (int64_t i = 0; i < n; ++i)
+            z[i] = weight_at(T, a.zp, e + i);
+        o = _mm512_load_ps(z);
+    }
 }
 
 // ROWS tokens x one 48-column panel over one block of nq quads (chunks of qpc quads):
@@ -183,12 +215,11 @@ static void dense_q_t(const FcArgs& a, const QuantActs& qa, int64_t c0, int64_t 
         const int64_t nbe = imin(c1, nb + QNC);
         const int64_t npan = (nbe - nb + QNR - 1) / QNR;
         for (int64_t g = 0; g < a.n_groups; ++g) {
-            for (int64_t c = nb; c < nbe; ++c) {
-                float o = T == WType::i8 ? 128.0f : 8.0f;
-                if constexpr (T == WType::u8 || T == WType::u4)
-                    o = weight_at(T, a.zp, g * a.OC + c);
-                off[c - nb] = o;
-                scl[c - nb] = scale_at(a.scales, a.scales_f16, g * a.OC + c);
+            for (int64_t c = nb; c < nbe; c += 16) {
+                __m512 s, o;
+                group_params16<T>(a, g, c, imin(16, nbe - c), s, o);
+                _mm512_storeu_ps(off + (c - nb), o);
+                _mm512_storeu_ps(scl + (c - nb), s);
             }
             for (int64_t kb = g * gs; kb < (g + 1) * gs; kb += kcq) {
                 const int64_t kl = imin(kcq, (g + 1) * gs - kb);
@@ -276,6 +307,295 @@ static bool quantize_entry(const FcArgs& a, const float* x, int64_t chunk, int32
     return true;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// one-token decode on quantized activations (QuantGathered)
+// ---------------------------------------------------------------------------------------------------------
+//
+// Two quads (8 kept rows) of one chunk at a time, over the thread's columns line by line (a 64-byte line: 64 int8
+// or 128 int4 columns): the same line of each quad's 4 rows is loaded, offset-encoded and interleaved into VNNI
+// order by in-lane unpacks (no cross-lane shuffle, no VBMI), multiplied by VPDPBUSD with the quad's 4 activations,
+// and added in f32, times the chunk's scale, to the group's accumulators.
+// The unpacks leave columns permuted within the line (vector k, 128-bit lane L holds columns 16L + 4k .. + 3);
+// the f32 accumulators keep that order and the group's finish undoes it with one 4 x 4 lane transpose.
+
+// Offset-encoded bytes of one line: u = w + 128 (i8), both nibbles + 8 (i4), raw (u8 / u4).
+template <WType T, bool FULL>
+static inline __m512i load_line(const uint8_t* p, __mmask64 m) {
+    __m512i b = FULL ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(m, p);
+    if constexpr (T == WType::i8)
+        b = _mm512_xor_si512(b, _mm512_set1_epi8(char(0x80)));
+    else if constexpr (T == WType::i4)
+        b = _mm512_xor_si512(b, _mm512_set1_epi8(char(0x88)));
+    return b;
+}
+
+// 4 rows x 64 bytes -> u[k]: lane L, dword i = the 4 rows' bytes of byte column 16L + 4k + i.
+static inline void interleave4(__m512i r0, __m512i r1, __m512i r2, __m512i r3, __m512i* u) {
+    const __m512i t0 = _mm512_unpacklo_epi8(r0, r1), t1 = _mm512_unpackhi_epi8(r0, r1);
+    const __m512i t2 = _mm512_unpacklo_epi8(r2, r3), t3 = _mm512_unpackhi_epi8(r2, r3);
+    u[0] = _mm512_unpacklo_epi16(t0, t2);
+    u[1] = _mm512_unpackhi_epi16(t0, t2);
+    u[2] = _mm512_unpacklo_epi16(t1, t3);
+    u[3] = _mm512_unpackhi_epi16(t1, t3);
+}
+
+// Inverse of interleave4's column order: v[k] (lane L = columns 16L + 4k ..) -> out[L] = columns 16L .. 16L + 15.
+static inline void untangle4(const __m512* v, __m512* out) {
+    const __m512 a = _mm512_shuffle_f32x4(v[0], v[1], 0x44), b = _mm512_shuffle_f32x4(v[0], v[1], 0xEE);
+    const __m512 c = _mm512_shuffle_f32x4(v[2], v[3], 0x44), d = _mm512_shuffle_f32x4(v[2], v[3], 0xEE);
+    out[0] = _mm512_shuffle_f32x4(a, c, 0x88);
+    out[1] = _mm512_shuffle_f32x4(a, c, 0xDD);
+    out[2] = _mm512_shuffle_f32x4(b, d, 0x88);
+    out[3] = _mm512_shuffle_f32x4(b, d, 0xDD);
+}
+
+template <WType T>
+struct LineShape {
+    static constexpr bool four = is_4bit(T);
+    static constexpr int64_t cols = four ? 128 : 64;  // columns per 64-byte line
+    static constexpr int nv = static_cast<int>(cols / 16);
+};
+
+// f[line] += sa * float(sum over R quads of one chunk: quad . one line of its 4 rows), in interleave4 order.
+// `rows` are the 4R rows' starts, `off` the line's byte offset.
+template <WType T, bool FULL, int R>
+static inline void quads_line(const uint8_t* const* rows, const __m512i* av, __m512 sa, int64_t off, __mmask64 lm,
+                              float* f) {
+    constexpr int NV = LineShape<T>::nv;
+    __m512i dot[NV];
+    for (int v = 0; v < NV; ++v)
+        dot[v] = _mm512_setzero_si512();
+    for (int r = 0; r < R; ++r) {
+        __m512i l[4];
+        for (int i = 0; i < 4; ++i)
+            l[i] = load_line<T, FULL>(rows[4 * r + i] + off, lm);
+        __m512i u[NV];
+        if constexpr (LineShape<T>::four) {
+            // byte i of lane L holds columns 32L + 2i (low nibble) and 32L + 2i + 1: unpacking the nibbles gives
+            // two int8-like lines, columns 32L + 0..15 and 32L + 16..31
+            const __m512i nib = _mm512_set1_epi8(0x0F);
+            __m512i lo[4], hi[4];
+            for (int i = 0; i < 4; ++i) {
+                const __m512i e = _mm512_and_si512(l[i], nib), o = _mm512_and_si512(_mm512_srli_epi16(l[i], 4), nib);
+                lo[i] = _mm512_unpacklo_epi8(e, o);
+                hi[i] = _mm512_unpackhi_epi8(e, o);
+            }
+            interleave4(lo[0], lo[1], lo[2], lo[3], u);
+            interleave4(hi[0], hi[1], hi[2], hi[3], u + 4);
+        } else {
+            interleave4(l[0], l[1], l[2], l[3], u);
+        }
+        for (int v = 0; v < NV; ++v)
+            dot[v] = _mm512_dpbusd_epi32(dot[v], u[v], av[r]);
+    }
+    // (maskz with a full mask: the same VCVTDQ2PS, without GCC 12's false -Wuninitialized on _mm512_cvtepi32_ps)
+    for (int v = 0; v < NV; ++v)
+        _mm512_store_ps(f + 16 * v, _mm512_fmadd_ps(_mm512_maskz_cvtepi32_ps(__mmask16(0xFFFF), dot[v]), sa,
+                                                    _mm512_load_ps(f + 16 * v)));
+}
+
+// f += sa * (the quads [q, q + R) of one chunk . their rows) over the columns [c0, c1): each row is streamed over
+// all the columns, like the exact decode does (few streams in flight keep the hardware prefetchers and DRAM pages
+// effective: walking a whole chunk's 16-32 rows line by line was 1.3-1.5x slower on 7B shapes); while a pass runs,
+// the rows `pd` slots ahead are prefetched at the same column offset (clamped to the last slot of the call).
+template <WType T, int R, bool PF_L2>
+static inline void decode_pass(const FcArgs& a, const QuantGathered& g, int64_t q, float sa, int64_t c0, int64_t c1,
+                               int64_t pd, int64_t pf_last, float* f) {
+    using L = LineShape<T>;
+    const int64_t rb = L::four ? (a.OC + 1) / 2 : a.OC;
+    const int64_t n = c1 - c0, full = n / L::cols;
+    const int64_t tail_cols = n - full * L::cols, tail_bytes = L::four ? (tail_cols + 1) / 2 : tail_cols;
+    const int64_t off0 = L::four ? c0 / 2 : c0;
+    const uint8_t* rows[4 * R];
+    const uint8_t* pf[4 * R];
+    __m512i av[R];
+    for (int i = 0; i < 4 * R; ++i) {
+        rows[i] = a.w + static_cast<int64_t>(g.rows[4 * q + i]) * rb + off0;
+        pf[i] = a.w + static_cast<int64_t>(g.rows[imin(4 * q + i + pd, pf_last)]) * rb + off0;
+    }
+    for (int r = 0; r < R; ++r)
+        av[r] = _mm512_set1_epi32(g.a4[q + r]);
+    const __m512 vsa = _mm512_set1_ps(sa);
+    for (int64_t t = 0; t < full; ++t) {
+        for (int i = 0; i < 4 * R; ++i)
+            _mm_prefetch(reinterpret_cast<const char*>(pf[i] + 64 * t), PF_L2 ? _MM_HINT_T1 : _MM_HINT_T0);
+        quads_line<T, true, R>(rows, av, vsa, 64 * t, 0, f + t * L::cols);
+    }
+    if (tail_bytes > 0)
+        quads_line<T, false, R>(rows, av, vsa, 64 * full, (__mmask64(1) << tail_bytes) - 1, f + full * L::cols);
+}
+
+// The chunks [h0, h1) (one weight group), two quads (8 rows) per pass: on SmolLM2's shapes (one thread, weights
+// in L3) 1, 2 and 4 quads per pass took 32-43, 27-30 and 29-40 us (best of 60 x 50 calls, 1536x576 int8).
+template <WType T, bool PF_L2>
+static void decode_chunks(const FcArgs& a, const QuantGathered& g, int64_t h0, int64_t h1, int64_t c0, int64_t c1,
+                          int64_t pd, int64_t pf_last, float* f) {
+    constexpr int R = 2;
+    for (int64_t h = h0; h < h1; ++h) {
+        const int64_t q1 = g.cstart[h + 1];
+        int64_t q = g.cstart[h];
+        for (; q + R <= q1; q += R)
+            decode_pass<T, R, PF_L2>(a, g, q, g.sa[h], c0, c1, pd, pf_last, f);
+        for (; q < q1; ++q)
+            decode_pass<T, 1, PF_L2>(a, g, q, g.sa[h], c0, c1, pd, pf_last, f);
+    }
+}
+
+// y[c0:c1] += s_g * (f - o_g * comp) for weight group gi, f in interleave4 order per line.
+template <WType T>
+static void finish_group_q(const FcArgs& a, int64_t gi, float comp, const float* f, float* y, int64_t c0, int64_t c1) {
+    using L = LineShape<T>;
+    const __m512 vc = _mm512_set1_ps(comp);
+    for (int64_t t = 0; t * L::cols < c1 - c0; ++t) {
+        __m512 v[L::nv], nat[L::nv];
+        for (int i = 0; i < L::nv; ++i)
+            v[i] = _mm512_load_ps(f + t * L::cols + 16 * i);
+        if constexpr (L::four) {  // v[0..3]: columns 32L + 0..15 of the line, v[4..7]: 32L + 16..31
+            __m512 lo[4], hi[4];
+            untangle4(v, lo);
+            untangle4(v + 4, hi);
+            for (int i = 0; i < 4; ++i) {
+                nat[2 * i] = lo[i];
+                nat[2 * i + 1] = hi[i];
+            }
+        } else {
+            untangle4(v, nat);
+        }
+        for (int i = 0; i < L::nv; ++i) {
+            const int64_t c = c0 + t * L::cols + 16 * i;
+            if (c >= c1)
+                break;
+            const int64_t nc = imin(16, c1 - c);
+            __m512 s, o;
+            group_params16<T>(a, gi, c, nc, s, o);
+            const __mmask16 m = lane_mask(nc, 0);
+            float* yp = y + (c - c0);
+            _mm512_mask_storeu_ps(yp, m, _mm512_fmadd_ps(s, _mm512_fnmadd_ps(o, vc, nat[i]), _mm512_maskz_loadu_ps(m, yp)));
+        }
+    }
+}
+
+template <WType T>
+static void decode_q_t(const FcArgs& a, const QuantGathered& g, float* yrow, int64_t c0, int64_t c1, float* f) {
+    using L = LineShape<T>;
+    const int64_t n = c1 - c0;
+    const int64_t lines = (n + L::cols - 1) / L::cols;
+    float* y = yrow + c0;
+    for (int64_t o = 0; o < n; o += 16) {
+        const __mmask16 m = lane_mask(n - o, 0);
+        _mm512_mask_storeu_ps(y + o, m, a.bias ? _mm512_maskz_loadu_ps(m, a.bias + c0 + o) : _mm512_setzero_ps());
+    }
+    if (g.c_begin >= g.c_end)
+        return;
+    // Prefetch distance in slots (rows): about a.prefetch_bytes of this thread's row segments ahead, as the exact
+    // decode does (simd_impl.inl, decode_t).
+    const int64_t seg = L::four ? (n + 1) / 2 : n;
+    const int64_t s0 = 4 * g.cstart[g.c_begin], pf_end = 4 * g.cstart[g.c_end];
+    int64_t pd = a.prefetch_bytes / (seg > 0 ? seg : 1);
+    pd = pd < 16 ? 16 : (pd > 256 ? 256 : pd);  // at least two passes ahead
+    if (a.prefetch_bytes <= 0)
+        pd = pf_end;  // software prefetch off
+    const bool pf_l2 = pd * seg > 16384;
+    // At the start, up to kStartPrefetchBytes of the first rows go to L2 as well (all of a small layer's kept rows):
+    // a SmolLM2 layer starts cold in DRAM on every token and is too short for the distance above to ramp up;
+    // 1536x576 int8 at 50%, 2 threads: 0.88-0.94 -> 0.75-0.78 of OpenVINO's FC time; 7B shapes unchanged or faster.
+    constexpr int64_t kStartPrefetchBytes = 256 * 1024;
+    const int64_t pd0 = a.prefetch_bytes > 0 ? imax(pd, kStartPrefetchBytes / (seg > 0 ? seg : 1)) : 0;
+    for (int64_t s = s0; s < imin(s0 + pd0, pf_end); ++s) {
+        const uint8_t* base = a.w + static_cast<int64_t>(g.rows[s]) * (L::four ? (a.OC + 1) / 2 : a.OC) +
+                              (L::four ? c0 / 2 : c0);
+        for (int64_t l = 0; l < seg; l += 64) {
+            if (s - s0 < pd)
+                _mm_prefetch(reinterpret_cast<const char*>(base + l), _MM_HINT_T0);
+            else
+                _mm_prefetch(reinterpret_cast<const char*>(base + l), _MM_HINT_T1);
+        }
+    }
+    for (int64_t h = g.c_begin; h < g.c_end;) {
+        const int32_t gi = g.cgroup[h];
+        int64_t he = h;
+        float comp = 0.0f;
+        for (; he < g.c_end && g.cgroup[he] == gi; ++he)
+            comp += g.ssum[he];
+        for (int64_t i = 0; i < lines * L::cols; i += 16)
+            _mm512_store_ps(f + i, _mm512_setzero_ps());
+        if (pf_l2)
+            decode_chunks<T, true>(a, g, h, he, c0, c1, pd, pf_end - 1, f);
+        else
+            decode_chunks<T, false>(a, g, h, he, c0, c1, pd, pf_end - 1, f);
+        finish_group_q<T>(a, gi, comp, f, y, c0, c1);
+        h = he;
+    }
+}
+
+static void decode_q_entry(const FcArgs& a, const QuantGathered& g, float* yrow, int64_t c0, int64_t c1, float* f) {
+    switch (a.wtype) {
+    case WType::i8:
+        return decode_q_t<WType::i8>(a, g, yrow, c0, c1, f);
+    case WType::u8:
+        return decode_q_t<WType::u8>(a, g, yrow, c0, c1, f);
+    case WType::i4:
+        return decode_q_t<WType::i4>(a, g, yrow, c0, c1, f);
+    case WType::u4:
+        return decode_q_t<WType::u4>(a, g, yrow, c0, c1, f);
+    default:
+        return;  // float weights never take this path (see run())
+    }
+}
+
+// Quantize one gathered token (QuantizeGatheredFn): same values as quantize_entry / the reference quantizer,
+// since a chunk's pruned channels are zeros (they change neither max|d| nor the sum of q).
+static int64_t quantize_gathered_entry(const FcArgs& a, const Gathered& g, int64_t chunk, int32_t* rows,
+                                       int32_t* a4, int64_t* cstart, int32_t* cgroup, float* sa, float* ssum) {
+    int8_t* qb = reinterpret_cast<int8_t*>(a4);
+    const int64_t gs = a.group_size;
+    int64_t nc = 0, nq = 0;
+    for (int64_t gi = 0; gi < a.n_groups; ++gi) {
+        const int64_t pe = g.gstart[gi + 1];
+        for (int64_t p = g.gstart[gi]; p < pe;) {
+            const int64_t cend = gi * gs + ((g.idx[p] - gi * gs) / chunk + 1) * chunk;  // first channel of the next chunk
+            int64_t e = p + 1;
+            while (e < pe && g.idx[e] < cend)
+                ++e;
+            const int64_t cnt = e - p;
+            __m512 vmax = _mm512_setzero_ps();
+            for (int64_t o = 0; o < cnt; o += 16)
+                vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(lane_mask(cnt - o, 0), g.d + p + o)));
+            const float amax = _mm512_reduce_max_ps(vmax);
+            if (!(amax - amax == 0.0f))  // Inf (NaN is never kept)
+                return -1;
+            const float inv = 127.0f / amax;
+            if (!(inv - inv == 0.0f)) {  // all-zero chunk (or a subnormal max): contributes nothing
+                p = e;
+                continue;
+            }
+            const __m512 vinv = _mm512_set1_ps(inv);
+            __m512i isum = _mm512_setzero_si512();
+            for (int64_t o = 0; o < cnt; o += 16) {
+                const __mmask16 m = lane_mask(cnt - o, 0);
+                const __m512i qi = _mm512_maskz_cvtps_epi32(m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g.d + p + o), vinv));
+                isum = _mm512_add_epi32(isum, qi);
+                _mm_mask_storeu_epi8(qb + 4 * nq + o, m, _mm512_cvtsepi32_epi8(qi));
+                _mm512_mask_storeu_epi32(rows + 4 * nq + o, m, _mm512_maskz_loadu_epi32(m, g.idx + p + o));
+            }
+            const int64_t slots = (cnt + 3) / 4 * 4;
+            for (int64_t i = cnt; i < slots; ++i) {  // pad the last quad: a row already being read, q = 0
+                qb[4 * nq + i] = 0;
+                rows[4 * nq + i] = g.idx[e - 1];
+            }
+            cstart[nc] = nq;
+            cgroup[nc] = static_cast<int32_t>(gi);
+            sa[nc] = amax / 127.0f;
+            ssum[nc] = sa[nc] * static_cast<float>(_mm512_reduce_add_epi32(isum));
+            ++nc;
+            nq += slots / 4;
+            p = e;
+        }
+    }
+    cstart[nc] = nq;
+    return nc;
+}
+
 }  // namespace
 
 static_assert(QKC * QNC + 2 * QNC * sizeof(float) <= kQuantScratchBytes, "panels + offsets + scales fit the scratch");
@@ -283,6 +603,8 @@ static_assert(QKC * QNC + 2 * QNC * sizeof(float) <= kQuantScratchBytes, "panels
 void add_avx512_vnni(IsaKernels& k) {
     k.dense_q = &dense_q_entry;
     k.quantize_q = &quantize_entry;
+    k.decode_q = &decode_q_entry;
+    k.quantize_gathered = &quantize_gathered_entry;
     k.qmr = QMR;
 }
 

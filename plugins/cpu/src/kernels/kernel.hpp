@@ -12,13 +12,13 @@ namespace kernels {
 enum class WType : int { f32 = 0, f16, bf16, i8, u8, i4, u4 };
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
 
-static inline bool is_float_weight(WType t) {
+static constexpr bool is_float_weight(WType t) {
     return t == WType::f32 || t == WType::f16 || t == WType::bf16;
 }
-static inline bool is_4bit(WType t) {
+static constexpr bool is_4bit(WType t) {
     return t == WType::i4 || t == WType::u4;
 }
-static inline bool has_zero_point(WType t) {
+static constexpr bool has_zero_point(WType t) {
     return t == WType::u8 || t == WType::u4;
 }
 
@@ -105,6 +105,32 @@ using DenseQFn = void (*)(const FcArgs& a, const QuantActs& q, int64_t c0, int64
 using QuantizeFn = bool (*)(const FcArgs& a, const float* x, int64_t chunk, int32_t* q, float* sa, float* ssum);
 constexpr int64_t kQuantScratchBytes = 512 * 1024;
 
+// One token's kept activations quantized for the one-token VNNI decode, with the same chunks and values as
+// QuantActs (chunk c of group g covers channels [g*gs + c*chunk, ...); the pruned channels of a chunk are zeros,
+// so its scale and its q on the kept channels equal the dense path's): the kept channels of each non-empty chunk,
+// in increasing order, are cut into quads of 4 (slots); a chunk's last quad is padded with its last kept row
+// and q = 0, so no quad crosses a chunk.
+struct QuantGathered {
+    const int32_t* rows = nullptr;    // [4 * quads]: weight row of each slot
+    const int32_t* a4 = nullptr;      // [quads]: the 4 int8 activations of a quad, slot i in byte i
+    const int64_t* cstart = nullptr;  // [nc + 1]: first quad of each non-empty chunk
+    const int32_t* cgroup = nullptr;  // [nc]: weight group of each chunk (non-decreasing)
+    const float* sa = nullptr;        // [nc]: chunk scales
+    const float* ssum = nullptr;      // [nc]: sa * sum(q) over the chunk
+    int64_t c_begin = 0, c_end = 0;   // the chunks one call covers (the row-split decode gives each share a range)
+};
+// quantize_gathered: build a QuantGathered from a gathered token (`g`, kernel.hpp Gathered); buffers: rows
+// g.n + 3 * H, a4 (g.n + 3 * H) / 4 + 1, cstart H + 1, cgroup / sa / ssum H, where H = the chunks of the token
+// (QuantActs::n_chunks). Returns the number of non-empty chunks, or -1 when a kept value is not finite (the caller
+// then takes the exact path, which propagates NaN / Inf as the portable IR does).
+using QuantizeGatheredFn = int64_t (*)(const FcArgs& a, const Gathered& g, int64_t chunk, int32_t* rows,
+                                       int32_t* a4, int64_t* cstart, int32_t* cgroup, float* sa, float* ssum);
+// decode_q: yrow[c0:c1] = bias + the chunks [q.c_begin, q.c_end) of the quantized token times the integer
+// weights (y = bias + sum_g s_g sum_c sa_c (q_c . (w - zp))); c0 a multiple of 64. `scratch` holds at least
+// (c1 - c0) + 128 floats, 64-byte aligned.
+using DecodeQFn = void (*)(const FcArgs& a, const QuantGathered& q, float* yrow, int64_t c0, int64_t c1,
+                           float* scratch);
+
 // Chunk length of the dynamic quantization (FcArgs::dq_chunk): $SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE (the op
 // reads it per call; default 32 like OpenVINO's CPU plugin; 0 turns it off; other values are rounded down to a
 // multiple of 4, at most 512); -1 when it is set to anything but a non-negative integer.
@@ -116,6 +142,8 @@ void run_reference_dq(const FcArgs& a, int64_t chunk);
 struct IsaKernels {
     DenseQFn dense_q = nullptr;      // nullptr: the ISA has no VNNI (the dense path stays f32)
     QuantizeFn quantize_q = nullptr; // set with dense_q
+    DecodeQFn decode_q = nullptr;    // set with dense_q: the one-token decode on quantized activations
+    QuantizeGatheredFn quantize_gathered = nullptr;
     int qmr = 4;                     // token tile of dense_q
     DecodeMultiFn decode_multi = nullptr;
     GatherFn gather = nullptr;
@@ -127,7 +155,7 @@ struct IsaKernels {
 
 IsaKernels avx2_kernels();
 IsaKernels avx512_kernels();
-// dense_q, quantize_q and qmr of the AVX-512 VNNI file (the other members left as they are)
+// dense_q, quantize_q, decode_q, quantize_gathered and qmr of the AVX-512 VNNI file (the others left as they are)
 void add_avx512_vnni(IsaKernels& k);
 
 // Scalar reference implementation: the oracle (no SIMD, no threads, direct dequantization).
