@@ -41,6 +41,7 @@ except ImportError:  # running from a checkout without an install
     from scap_ov.extension import extension_path
 
 FORMATS = ["f32", "bf16", "f16", "int8_sym", "int8_asym", "int4_sym_g128", "int4_asym_g128"]
+EXTRA_FORMATS = ["int4_sym_g64", "int4_asym_g64", "int4_sym_g32"]  # on request (--formats): SmolLM2's int4 is g64
 SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]  # (K = IC, N = OC)
 SPARSITIES = [0.0, 0.25, 0.5, 0.7, 0.9]
 MIB = 1 << 20
@@ -62,7 +63,7 @@ class LayerWeights:
             return
         bits = 8 if fmt.startswith("int8") else 4
         asym = "asym" in fmt
-        g = 128 if bits == 4 else k
+        g = int(fmt.rsplit("_g", 1)[1]) if bits == 4 else k
         lo, hi = ((0, 2**bits - 1) if asym else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1))
         self.wq = rng.integers(lo, hi + 1, size=(n, k // g, g), dtype=np.int16 if bits == 8 else np.int8)
         self.scale = rng.uniform(0.001, 0.01, size=(n, k // g, 1)).astype(np.float16)
@@ -329,7 +330,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", required=True, type=Path, help="output JSON (a PNG plot is written next to it)")
     ap.add_argument("--quick", action="store_true", help="M=1 at 0/50/70%% for every format and shape, M=128 on 4096x4096")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--formats", nargs="*", default=None, choices=FORMATS)
+    ap.add_argument("--formats", nargs="*", default=None, choices=FORMATS + EXTRA_FORMATS)
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--working-set-mib", type=int, default=None)
     ap.add_argument("--shapes", nargs="*", type=shape, default=None,

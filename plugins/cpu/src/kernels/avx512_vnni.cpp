@@ -26,6 +26,7 @@ constexpr int64_t QNR = 48;     // columns per panel: the f32 dense panel too, s
 constexpr int64_t QNC = 192;    // columns per block
 constexpr int64_t QKC = 512;    // most channels per block (panels: QKC * QNC bytes = 96 KiB, in L2)
 constexpr int64_t QUAD_BYTES = QNR * 4;
+constexpr int64_t kMaxGroupsPerBlock = QKC / 4;  // group sizes are multiples of 4
 
 static inline int64_t imin(int64_t a, int64_t b) {
     return a < b ? a : b;
@@ -133,111 +134,153 @@ static inline void group_params16(const FcArgs& a, int64_t gi, int64_t c, int64_
     }
 }
 
-// ROWS tokens x one 48-column panel over one block of nq quads (chunks of qpc quads):
-// y[i, :np] = base + scl * (sum_c sa[c, i] * (A_c[i] . panel_c) - off * sum_c ssum[c, i]), where base is y itself,
-// or on the first block of the row (`first`) the bias (zero without one): no separate pass initialises y.
-template <int ROWS>
+// ROWS tokens x one 48-column panel over one block of ng weight groups (whole groups, or one part of a group longer
+// than a block) of nqg quads each, in chunks of qpc quads:
+// y[i, :np] = base + sum_g (scl_g * sum_c sa[c, i] * (A_c[i] . panel_c) - offscl_g * sum_c ssum[c, i]),
+// where base is y itself, or on the first block of the row (`first`) the bias (zero without one).
+// MULTI (ng > 1): the outputs stay in registers across the block's groups, each chunk scaled by sa * scl_g: with
+// group-wise int4 (64-channel groups) one block per group read and wrote the whole output block from L2 per group
+// (1.24x OpenVINO's time against 0.98x per channel). One group: sa only per chunk, scl_g once at the end (the
+// extra multiply per chunk cost per-channel int8 5-10%).
+// scl / offscl: per group, QNC-strided rows of the panel's 48 column scales / offset * scale; off: the offsets of
+// the single group (ng == 1).
+template <int ROWS, bool MULTI>
 __attribute__((noinline)) static void microq(const int32_t* A, const float* sa, const float* ssum, const uint8_t* pan,
-                                             int64_t nq, int64_t qpc, float* y, int64_t ldy, int64_t np,
-                                             const float* off, const float* scl, bool first, const float* bias) {
+                                             int64_t ng, int64_t nqg, int64_t qpc, float* y, int64_t ldy, int64_t np,
+                                             const float* scl, const float* offscl, const float* off, bool first,
+                                             const float* bias) {
     __m512 f[ROWS][QNRV];
     float comp[ROWS];
-    for (int i = 0; i < ROWS; ++i) {
-        comp[i] = 0.0f;
+    const auto base = [&](int i, int v) {
+        const __mmask16 m = lane_mask(np, v);
+        if (first)
+            return bias ? _mm512_maskz_loadu_ps(m, bias + 16 * v) : _mm512_setzero_ps();
+        return _mm512_maskz_loadu_ps(m, y + i * ldy + 16 * v);
+    };
+    for (int i = 0; i < ROWS; ++i)
         for (int v = 0; v < QNRV; ++v)
-            f[i][v] = _mm512_setzero_ps();
-    }
-    for (int64_t q0 = 0, c = 0; q0 < nq; q0 += qpc, ++c) {
-        const int64_t qe = imin(nq, q0 + qpc);
-        __m512i acc[ROWS][QNRV];
+            f[i][v] = MULTI ? base(i, v) : _mm512_setzero_ps();
+    int64_t c = 0;
+    for (int64_t g = 0; g < ng; ++g) {
+        const float* sg = scl + g * QNC;
         for (int i = 0; i < ROWS; ++i)
-            for (int v = 0; v < QNRV; ++v)
-                acc[i][v] = _mm512_setzero_si512();
-        for (int64_t q = q0; q < qe; ++q) {
-            __m512i b[QNRV];
-            for (int v = 0; v < QNRV; ++v)
-                b[v] = _mm512_load_si512(pan + q * QUAD_BYTES + 64 * v);
-            for (int i = 0; i < ROWS; ++i) {
-                const __m512i ai = _mm512_set1_epi32(A[q * QMR + i]);
+            comp[i] = 0.0f;
+        for (int64_t q0 = g * nqg; q0 < (g + 1) * nqg; q0 += qpc, ++c) {
+            const int64_t qe = imin((g + 1) * nqg, q0 + qpc);
+            __m512i acc[ROWS][QNRV];
+            for (int i = 0; i < ROWS; ++i)
                 for (int v = 0; v < QNRV; ++v)
-                    acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], b[v], ai);
+                    acc[i][v] = _mm512_setzero_si512();
+            for (int64_t q = q0; q < qe; ++q) {
+                __m512i b[QNRV];
+                for (int v = 0; v < QNRV; ++v)
+                    b[v] = _mm512_load_si512(pan + q * QUAD_BYTES + 64 * v);
+                for (int i = 0; i < ROWS; ++i) {
+                    const __m512i ai = _mm512_set1_epi32(A[q * QMR + i]);
+                    for (int v = 0; v < QNRV; ++v)
+                        acc[i][v] = _mm512_dpbusd_epi32(acc[i][v], b[v], ai);
+                }
+            }
+            for (int i = 0; i < ROWS; ++i) {
+                const __m512 s = _mm512_set1_ps(sa[c * QMR + i]);
+                comp[i] += ssum[c * QMR + i];
+                for (int v = 0; v < QNRV; ++v)
+                    f[i][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][v]),
+                                              MULTI ? _mm512_mul_ps(s, _mm512_load_ps(sg + 16 * v)) : s, f[i][v]);
             }
         }
-        for (int i = 0; i < ROWS; ++i) {
-            const __m512 s = _mm512_set1_ps(sa[c * QMR + i]);
-            comp[i] += ssum[c * QMR + i];
-            for (int v = 0; v < QNRV; ++v)
-                f[i][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][v]), s, f[i][v]);
+        for (int v = 0; MULTI && v < QNRV; ++v) {
+            const __m512 o = _mm512_load_ps(offscl + g * QNC + 16 * v);
+            for (int i = 0; i < ROWS; ++i)
+                f[i][v] = _mm512_fnmadd_ps(o, _mm512_set1_ps(comp[i]), f[i][v]);
         }
     }
     for (int v = 0; v < QNRV; ++v) {
         const __mmask16 m = lane_mask(np, v);
         if (!m)
             break;
-        const __m512 o = _mm512_maskz_loadu_ps(m, off + 16 * v);
-        const __m512 sc = _mm512_maskz_loadu_ps(m, scl + 16 * v);
-        const __m512 b0 = first && bias ? _mm512_maskz_loadu_ps(m, bias + 16 * v) : _mm512_setzero_ps();
-        for (int i = 0; i < ROWS; ++i) {
-            float* yp = y + i * ldy + 16 * v;
-            const __m512 r = _mm512_fnmadd_ps(o, _mm512_set1_ps(comp[i]), f[i][v]);
-            _mm512_mask_storeu_ps(yp, m, _mm512_fmadd_ps(sc, r, first ? b0 : _mm512_maskz_loadu_ps(m, yp)));
+        if constexpr (MULTI) {
+            for (int i = 0; i < ROWS; ++i)
+                _mm512_mask_storeu_ps(y + i * ldy + 16 * v, m, f[i][v]);
+        } else {  // ng == 1: y = base + scl * (f - off * comp)
+            const __m512 o = _mm512_load_ps(off + 16 * v), sc = _mm512_load_ps(scl + 16 * v);
+            for (int i = 0; i < ROWS; ++i)
+                _mm512_mask_storeu_ps(y + i * ldy + 16 * v, m,
+                                      _mm512_fmadd_ps(sc, _mm512_fnmadd_ps(o, _mm512_set1_ps(comp[i]), f[i][v]),
+                                                      base(i, v)));
         }
     }
 }
 
+template <bool MULTI>
 static inline void microq_rows(int rows, const int32_t* A, const float* sa, const float* ssum, const uint8_t* pan,
-                               int64_t nq, int64_t qpc, float* y, int64_t ldy, int64_t np, const float* off,
-                               const float* scl, bool first, const float* bias) {
+                               int64_t ng, int64_t nqg, int64_t qpc, float* y, int64_t ldy, int64_t np,
+                               const float* scl, const float* offscl, const float* off, bool first,
+                               const float* bias) {
     switch (rows) {
     case 4:
-        return microq<4>(A, sa, ssum, pan, nq, qpc, y, ldy, np, off, scl, first, bias);
+        return microq<4, MULTI>(A, sa, ssum, pan, ng, nqg, qpc, y, ldy, np, scl, offscl, off, first, bias);
     case 3:
-        return microq<3>(A, sa, ssum, pan, nq, qpc, y, ldy, np, off, scl, first, bias);
+        return microq<3, MULTI>(A, sa, ssum, pan, ng, nqg, qpc, y, ldy, np, scl, offscl, off, first, bias);
     case 2:
-        return microq<2>(A, sa, ssum, pan, nq, qpc, y, ldy, np, off, scl, first, bias);
+        return microq<2, MULTI>(A, sa, ssum, pan, ng, nqg, qpc, y, ldy, np, scl, offscl, off, first, bias);
     default:
-        return microq<1>(A, sa, ssum, pan, nq, qpc, y, ldy, np, off, scl, first, bias);
+        return microq<1, MULTI>(A, sa, ssum, pan, ng, nqg, qpc, y, ldy, np, scl, offscl, off, first, bias);
     }
 }
 
+// Blocks of at most QKC channels: whole weight groups when they fit (QKC / group_size of them), else the parts of
+// one group; each block is packed once and multiplied with every token tile.
 template <WType T>
 static void dense_q_t(const FcArgs& a, const QuantActs& qa, int64_t c0, int64_t c1, uint8_t* scratch) {
     static_assert(QMR * QNRV * 2 + QNRV + 1 <= 32, "accumulators, weights and one broadcast fit the 32 zmm registers");
     const int64_t rb = is_4bit(T) ? (a.OC + 1) / 2 : a.OC;
     const int64_t gs = a.group_size, IC4 = a.IC / 4, H = qa.n_chunks;
     const int64_t MT = (a.M + QMR - 1) / QMR;
-    const int64_t kcq = qa.chunk * (QKC / qa.chunk > 0 ? QKC / qa.chunk : 1);  // whole chunks per block
     const int64_t qpc = qa.chunk / 4;
+    const int64_t gpb = gs <= QKC ? QKC / gs : 1;  // whole groups per block
+    const int64_t kcq = gs <= QKC ? gpb * gs : qa.chunk * (QKC / qa.chunk > 0 ? QKC / qa.chunk : 1);
     uint8_t* panels = scratch;
-    float* off = reinterpret_cast<float*>(scratch + QKC * QNC);
-    float* scl = off + QNC;
+    float* scl = reinterpret_cast<float*>(scratch + QKC * QNC);  // [gpb][QNC]
+    float* offscl = scl + kMaxGroupsPerBlock * QNC;
+    float* off = offscl + kMaxGroupsPerBlock * QNC;  // [QNC]: single-group blocks
     for (int64_t nb = c0; nb < c1; nb += QNC) {
         const int64_t nbe = imin(c1, nb + QNC);
         const int64_t npan = (nbe - nb + QNR - 1) / QNR;
-        for (int64_t g = 0; g < a.n_groups; ++g) {
-            for (int64_t c = nb; c < nbe; c += 16) {
-                __m512 s, o;
-                group_params16<T>(a, g, c, imin(16, nbe - c), s, o);
-                _mm512_storeu_ps(off + (c - nb), o);
-                _mm512_storeu_ps(scl + (c - nb), s);
-            }
-            for (int64_t kb = g * gs; kb < (g + 1) * gs; kb += kcq) {
-                const int64_t kl = imin(kcq, (g + 1) * gs - kb);
-                const int64_t nq = kl / 4;
-                const int64_t c_first = g * qa.chunks_per_group + (kb - g * gs) / qa.chunk;
-                pack_panels<T>(a, rb, kb, kl, nb, nbe, panels);
-                for (int64_t p = 0; p < npan; ++p) {
-                    const int64_t p0 = nb + p * QNR;
-                    const int64_t np = imin(QNR, nbe - p0);
-                    for (int64_t mt = 0; mt < MT; ++mt) {
-                        const int rows = static_cast<int>(imin(QMR, a.M - mt * QMR));
-                        microq_rows(rows, qa.q + (mt * IC4 + kb / 4) * QMR, qa.sa + (mt * H + c_first) * QMR,
-                                    qa.ssum + (mt * H + c_first) * QMR, panels + p * nq * QUAD_BYTES, nq, qpc,
-                                    a.y + mt * QMR * a.OC + p0, a.OC, np, off + p * QNR, scl + p * QNR, kb == 0,
-                                    a.bias ? a.bias + p0 : nullptr);
-                    }
+        for (int64_t kb = 0; kb < a.IC;) {
+            const int64_t g0 = kb / gs;
+            const int64_t ke = gs <= QKC ? imin(a.IC, kb + kcq) : imin((g0 + 1) * gs, kb + kcq);
+            const int64_t kl = ke - kb, nq = kl / 4;
+            const int64_t ng = gs <= QKC ? kl / gs : 1, nqg = nq / ng;
+            for (int64_t g = 0; g < ng; ++g)
+                for (int64_t c = nb; c < nbe; c += 16) {
+                    __m512 sv, ov;
+                    group_params16<T>(a, g0 + g, c, imin(16, nbe - c), sv, ov);
+                    _mm512_store_ps(scl + g * QNC + (c - nb), sv);
+                    _mm512_store_ps(offscl + g * QNC + (c - nb), _mm512_mul_ps(ov, sv));
+                    _mm512_store_ps(off + (c - nb), ov);  // (read only when ng == 1)
+                }
+            const int64_t c_first = g0 * qa.chunks_per_group + (kb - g0 * gs) / qa.chunk;
+            pack_panels<T>(a, rb, kb, kl, nb, nbe, panels);
+            for (int64_t p = 0; p < npan; ++p) {
+                const int64_t p0 = nb + p * QNR;
+                const int64_t np = imin(QNR, nbe - p0);
+                for (int64_t mt = 0; mt < MT; ++mt) {
+                    const int rows = static_cast<int>(imin(QMR, a.M - mt * QMR));
+                    const int32_t* A = qa.q + (mt * IC4 + kb / 4) * QMR;
+                    const float* sa = qa.sa + (mt * H + c_first) * QMR;
+                    const float* ss = qa.ssum + (mt * H + c_first) * QMR;
+                    float* y = a.y + mt * QMR * a.OC + p0;
+                    const float* bias = a.bias ? a.bias + p0 : nullptr;
+                    if (ng > 1)
+                        microq_rows<true>(rows, A, sa, ss, panels + p * nq * QUAD_BYTES, ng, nqg, qpc, y, a.OC, np,
+                                          scl + p * QNR, offscl + p * QNR, off + p * QNR, kb == 0, bias);
+                    else
+                        microq_rows<false>(rows, A, sa, ss, panels + p * nq * QUAD_BYTES, ng, nqg, qpc, y, a.OC, np,
+                                           scl + p * QNR, offscl + p * QNR, off + p * QNR, kb == 0, bias);
                 }
             }
+            kb = ke;
         }
     }
 }
@@ -598,7 +641,8 @@ static int64_t quantize_gathered_entry(const FcArgs& a, const Gathered& g, int64
 
 }  // namespace
 
-static_assert(QKC * QNC + 2 * QNC * sizeof(float) <= kQuantScratchBytes, "panels + offsets + scales fit the scratch");
+static_assert(QKC * QNC + (2 * kMaxGroupsPerBlock + 1) * QNC * sizeof(float) <= kQuantScratchBytes,
+              "panels + per-group scales and offsets fit the scratch");
 
 void add_avx512_vnni(IsaKernels& k) {
     k.dense_q = &dense_q_entry;
