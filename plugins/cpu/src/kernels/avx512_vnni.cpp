@@ -258,7 +258,8 @@ static void dense_q_t(const FcArgs& a, const QuantActs& qa, int64_t c0, int64_t 
                     group_params16<T>(a, g0 + g, c, imin(16, nbe - c), sv, ov);
                     _mm512_store_ps(scl + g * QNC + (c - nb), sv);
                     _mm512_store_ps(offscl + g * QNC + (c - nb), _mm512_mul_ps(ov, sv));
-                    _mm512_store_ps(off + (c - nb), ov);  // (read only when ng == 1)
+                    if (ng == 1)
+                        _mm512_store_ps(off + (c - nb), ov);
                 }
             const int64_t c_first = g0 * qa.chunks_per_group + (kb - g0 * gs) / qa.chunk;
             pack_panels<T>(a, rb, kb, kl, nb, nbe, panels);
@@ -300,6 +301,35 @@ static void dense_q_entry(const FcArgs& a, const QuantActs& qa, int64_t c0, int6
     }
 }
 
+// GCC 12 warns falsely here: the reductions' intrinsics pass _mm*_undefined_* operands (-Wuninitialized).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// Quantize n contiguous values of one chunk (the pruned ones zero) to int8 at qb (n bytes): q = round half to even
+// (d * (127 / max|d|)) (VCVTPS2DQ), sa = max|d| / 127, ssum = sa * sum(q) — the arithmetic of the reference
+// quantizer. 1: quantized; 0: all-zero chunk (or a subnormal max), q / sa / ssum all zero; -1: max|d| is Inf.
+static int quantize_chunk(const float* d, int64_t n, int8_t* qb, float& sa, float& ssum) {
+    __m512 vmax = _mm512_setzero_ps();
+    for (int64_t o = 0; o < n; o += 16)
+        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(lane_mask(n - o, 0), d + o)));
+    const float amax = _mm512_reduce_max_ps(vmax);
+    if (!(amax - amax == 0.0f))  // Inf (NaN never survives the mask)
+        return -1;
+    const float inv = 127.0f / amax;
+    const bool zero = !(inv - inv == 0.0f);
+    const __m512 vinv = _mm512_set1_ps(zero ? 0.0f : inv);
+    __m512i isum = _mm512_setzero_si512();
+    for (int64_t o = 0; o < n; o += 16) {
+        const __mmask16 m = lane_mask(n - o, 0);
+        const __m512i qi = _mm512_maskz_cvtps_epi32(m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, d + o), vinv));
+        isum = _mm512_add_epi32(isum, qi);
+        _mm_mask_storeu_epi8(qb + o, m, _mm512_cvtsepi32_epi8(qi));
+    }
+    sa = zero ? 0.0f : amax / 127.0f;
+    ssum = sa * static_cast<float>(_mm512_reduce_add_epi32(isum));
+    return zero ? 0 : 1;
+}
+#pragma GCC diagnostic pop
+
 // Quantize one token into the kernel layout (see QuantizeFn; same arithmetic as quantize_token in reference.cpp:
 // d masked in f32, amax exact, inv = 127 / amax, q = round half to even (VCVTPS2DQ), sums in int32).
 static bool quantize_entry(const FcArgs& a, const float* x, int64_t chunk, int32_t* q, float* sa, float* ssum) {
@@ -310,7 +340,6 @@ static bool quantize_entry(const FcArgs& a, const float* x, int64_t chunk, int32
         for (int64_t c = 0; c < cpg; ++c) {
             const int64_t j0 = g * gs + c * chunk, n = imin((g + 1) * gs, j0 + chunk) - j0;
             const int64_t h = g * cpg + c;
-            __m512 vmax = _mm512_setzero_ps();
             for (int64_t o = 0; o < n; o += 16) {
                 const __mmask16 m = lane_mask(n - o, 0);
                 const __m512 mv = a.mode_vec ? _mm512_maskz_loadu_ps(m, a.mode + j0 + o) : m1;
@@ -319,32 +348,12 @@ static bool quantize_entry(const FcArgs& a, const float* x, int64_t chunk, int32
                 const __mmask16 keep = _mm512_cmp_ps_mask(_mm512_abs_ps(d), tv, _CMP_GT_OQ) & m;
                 const __m512 dk = _mm512_maskz_mov_ps(keep, d);
                 _mm512_store_ps(dbuf + o, dk);
-                vmax = _mm512_max_ps(vmax, _mm512_abs_ps(dk));
             }
-            const float amax = _mm512_reduce_max_ps(vmax);
-            if (!(amax - amax == 0.0f))  // Inf (NaN never survives the mask)
+            alignas(4) int8_t qbuf[512];
+            if (quantize_chunk(dbuf, n, qbuf, sa[h * QMR], ssum[h * QMR]) < 0)
                 return false;
-            const float inv = 127.0f / amax;
-            if (!(inv - inv == 0.0f)) {  // all-zero chunk (or a subnormal max)
-                for (int64_t quad = j0 / 4; quad < (j0 + n) / 4; ++quad)
-                    q[quad * QMR] = 0;
-                sa[h * QMR] = 0.0f;
-                ssum[h * QMR] = 0.0f;
-                continue;
-            }
-            const __m512 vinv = _mm512_set1_ps(inv);
-            __m512i isum = _mm512_setzero_si512();
-            for (int64_t o = 0; o < n; o += 16) {
-                const __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_load_ps(dbuf + o), vinv));
-                isum = _mm512_add_epi32(isum, qi);
-                alignas(16) int32_t quads[4];
-                _mm_store_si128(reinterpret_cast<__m128i*>(quads), _mm512_cvtsepi32_epi8(qi));
-                const int64_t nquads = imin(4, (n - o) / 4);
-                for (int64_t k = 0; k < nquads; ++k)
-                    q[((j0 + o) / 4 + k) * QMR] = quads[k];
-            }
-            sa[h * QMR] = amax / 127.0f;
-            ssum[h * QMR] = sa[h * QMR] * static_cast<float>(_mm512_reduce_add_epi32(isum));
+            for (int64_t k = 0; k < n / 4; ++k)
+                std::memcpy(&q[(j0 / 4 + k) * QMR], qbuf + 4 * k, 4);
         }
     }
     return true;
@@ -601,26 +610,14 @@ static int64_t quantize_gathered_entry(const FcArgs& a, const Gathered& g, int64
             while (e < pe && g.idx[e] < cend)
                 ++e;
             const int64_t cnt = e - p;
-            __m512 vmax = _mm512_setzero_ps();
-            for (int64_t o = 0; o < cnt; o += 16)
-                vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_maskz_loadu_ps(lane_mask(cnt - o, 0), g.d + p + o)));
-            const float amax = _mm512_reduce_max_ps(vmax);
-            if (!(amax - amax == 0.0f))  // Inf (NaN is never kept)
+            const int st = quantize_chunk(g.d + p, cnt, qb + 4 * nq, sa[nc], ssum[nc]);
+            if (st < 0)
                 return -1;
-            const float inv = 127.0f / amax;
-            if (!(inv - inv == 0.0f)) {  // all-zero chunk (or a subnormal max): contributes nothing
+            if (st == 0) {  // all-zero chunk: contributes nothing
                 p = e;
                 continue;
             }
-            const __m512 vinv = _mm512_set1_ps(inv);
-            __m512i isum = _mm512_setzero_si512();
-            for (int64_t o = 0; o < cnt; o += 16) {
-                const __mmask16 m = lane_mask(cnt - o, 0);
-                const __m512i qi = _mm512_maskz_cvtps_epi32(m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g.d + p + o), vinv));
-                isum = _mm512_add_epi32(isum, qi);
-                _mm_mask_storeu_epi8(qb + 4 * nq + o, m, _mm512_cvtsepi32_epi8(qi));
-                _mm512_mask_storeu_epi32(rows + 4 * nq + o, m, _mm512_maskz_loadu_epi32(m, g.idx + p + o));
-            }
+            std::memcpy(rows + 4 * nq, g.idx + p, static_cast<size_t>(cnt) * sizeof(int32_t));
             const int64_t slots = (cnt + 3) / 4 * 4;
             for (int64_t i = cnt; i < slots; ++i) {  // pad the last quad: a row already being read, q = 0
                 qb[4 * nq + i] = 0;
@@ -628,8 +625,6 @@ static int64_t quantize_gathered_entry(const FcArgs& a, const Gathered& g, int64
             }
             cstart[nc] = nq;
             cgroup[nc] = static_cast<int32_t>(gi);
-            sa[nc] = amax / 127.0f;
-            ssum[nc] = sa[nc] * static_cast<float>(_mm512_reduce_add_epi32(isum));
             ++nc;
             nq += slots / 4;
             p = e;

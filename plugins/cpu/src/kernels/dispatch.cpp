@@ -290,7 +290,6 @@ void decode_row_split(const FcArgs& a, const IsaKernels& k, const Gathered& g, i
 bool decode_quantized(const FcArgs& a, const IsaKernels& k, const Gathered& g, int64_t chunk, int nthreads, int nthr) {
     CallBuffers& cb = call_buffers();
     const int64_t H = a.n_groups * ((a.group_size + chunk - 1) / chunk), slots = g.n + 3 * H;
-    QuantGathered q;
     int32_t* rows = call_buffer(cb.qrows, static_cast<size_t>(slots));
     int32_t* a4 = call_buffer(cb.qa4, static_cast<size_t>(slots / 4 + 1));
     int64_t* cstart = call_buffer(cb.qcstart, static_cast<size_t>(H + 1));
@@ -300,14 +299,7 @@ bool decode_quantized(const FcArgs& a, const IsaKernels& k, const Gathered& g, i
     const int64_t nc = k.quantize_gathered(a, g, chunk, rows, a4, cstart, cgroup, sa, ss);
     if (nc < 0)
         return false;
-    q.rows = rows;
-    q.a4 = a4;
-    q.cstart = cstart;
-    q.cgroup = cgroup;
-    q.sa = sa;
-    q.ssum = ss;
-    q.c_begin = 0;
-    q.c_end = nc;
+    const QuantGathered q{rows, a4, cstart, cgroup, sa, ss, 0, nc};
     const int64_t nq = cstart[nc];
     if (row_bytes(a) <= kRowSplitMaxRowBytes && nc >= 2 * kRowShares) {
         debug_log(a, Isa::avx512, nthreads, "decode_q_rows", g.n);
@@ -364,13 +356,7 @@ void dense_quantized(const FcArgs& b, const IsaKernels& k, int64_t chunk, int nt
             }
         }
     });
-    QuantActs qa;
-    qa.q = qp;
-    qa.sa = sa;
-    qa.ssum = ss;
-    qa.chunk = chunk;
-    qa.chunks_per_group = cpg;
-    qa.n_chunks = H;
+    const QuantActs qa{qp, sa, ss, chunk, cpg, H};
     ov::parallel_nt(nthr, [&](int ithr, int nt) {
         int64_t c0, c1;
         column_range(b.OC, ithr, nt, c0, c1, k.nr);
