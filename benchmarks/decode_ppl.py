@@ -28,7 +28,9 @@ except ImportError:  # running from a checkout without an install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from scap_ov import assets
 from scap_ov.dataset import token_windows
+from scap_ov.errors import ScapError
 from scap_ov.extension import extension_path
+from scap_ov.integrations import check_folder
 from scap_ov.pipeline import load_tokenizer
 
 DQ_ENV = "SCAP_OV_DYNAMIC_QUANTIZATION_GROUP_SIZE"
@@ -61,6 +63,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    try:  # every folder checked before the first (minutes-long) run: IR, artifact, extension
+        for folder in args.folders:
+            check_folder(folder)
+    except ScapError as exc:
+        print(f"decode_ppl: {exc}", file=sys.stderr)
+        return 2
     core = ov.Core()
     core.add_extension(str(extension_path()))
     records = []

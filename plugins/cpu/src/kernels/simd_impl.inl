@@ -233,7 +233,8 @@ static void decode_t(const FcArgs& a, const Gathered& g, float* yrow, int64_t c0
     // Lines prefetched for row p + pd are used after pd rows' segments have streamed through: keep them in
     // L1 only when that volume fits comfortably.
     const bool pf_l2 = pd * seg > 16384;
-    for (int64_t q = 0; q < imin(pd, g.n); ++q) {
+    // The first pd rows are prefetched up front (none when software prefetch is off: pd = g.n would be all).
+    for (int64_t q = 0; a.prefetch_bytes > 0 && q < imin(pd, g.n); ++q) {
         const uint8_t* base = a.w + static_cast<int64_t>(g.idx[q]) * rb + I::bytes(c0);
         for (int64_t l = 0; l < seg; l += 64)
             prefetch_line(base + l);
