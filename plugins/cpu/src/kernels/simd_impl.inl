@@ -234,7 +234,8 @@ static void decode_t(const FcArgs& a, const Gathered& g, float* yrow, int64_t c0
     // L1 only when that volume fits comfortably.
     const bool pf_l2 = pd * seg > 16384;
     // The first pd rows are prefetched up front (none when software prefetch is off: pd = g.n would be all).
-    for (int64_t q = 0; a.prefetch_bytes > 0 && q < imin(pd, g.n); ++q) {
+    const int64_t head = a.prefetch_bytes > 0 ? imin(pd, g.n) : 0;
+    for (int64_t q = 0; q < head; ++q) {
         const uint8_t* base = a.w + static_cast<int64_t>(g.idx[q]) * rb + I::bytes(c0);
         for (int64_t l = 0; l < seg; l += 64)
             prefetch_line(base + l);
@@ -623,7 +624,7 @@ static void dense_t(const FcArgs& a, const float* Dp, int64_t kc, int64_t c0, in
                 // (stride OC) and only a partial last panel is copied (zero-padded); packing the block cost ~4%
                 // of a 128-token call on SmolLM2's shapes.
                 const int64_t full = (nbe - nb) / NR;
-                const bool direct = T == WType::f32;
+                constexpr bool direct = T == WType::f32;
                 if (!direct)
                     pack_block<T>(a, k0, kl2, nb, nbe, panel);
                 else if (full < npan)
@@ -643,8 +644,9 @@ static void dense_t(const FcArgs& a, const float* Dp, int64_t kc, int64_t c0, in
                     const int64_t p0 = nb + p * NR;
                     const int64_t np = imin(NR, nbe - p0);
                     const bool from_rows = direct && p < full;
+                    const int64_t packed = direct ? p - full : p;  // index among the packed panels
                     const float* pan = from_rows ? reinterpret_cast<const float*>(a.w) + k0 * a.OC + p0
-                                                 : panel + (direct ? 0 : p) * kl2 * NR;
+                                                 : panel + packed * kl2 * NR;
                     const int64_t ldp = from_rows ? a.OC : NR;
                     for (int64_t mt = 0; mt < MT; ++mt) {
                         const int rows = static_cast<int>(imin(MR, a.M - mt * MR));
