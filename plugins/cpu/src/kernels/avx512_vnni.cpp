@@ -376,8 +376,9 @@ static bool quantize_entry(const FcArgs& a, const float* x, int64_t chunk, int32
 // or 128 int4 columns): the same line of each quad's 4 rows is loaded, offset-encoded and interleaved into VNNI
 // order by in-lane unpacks (no cross-lane shuffle, no VBMI), multiplied by VPDPBUSD with the quad's 4 activations,
 // and added in f32, times the chunk's scale, to the group's accumulators.
-// The unpacks leave columns permuted within the line (vector k, 128-bit lane L holds columns 16L + 4k .. + 3);
-// the f32 accumulators keep that order and the group's finish undoes it with one 4 x 4 lane transpose.
+// The unpacks leave columns permuted within the line (vector k, 128-bit lane L holds columns 16L + 4k .. + 3; on
+// 4-bit weights the even columns' vectors, then the odd ones'); the f32 accumulators keep that order and the
+// group's finish undoes it (a 4 x 4 lane transpose, after pairing even and odd dwords on 4-bit weights).
 
 // Offset-encoded bytes of one line: u = w + 128 (i8), both nibbles + 8 (i4), raw (u8 / u4).
 template <WType T, bool FULL>
@@ -432,17 +433,17 @@ static inline void quads_line(const uint8_t* const* rows, const __m512i* av, __m
             l[i] = load_line<T, FULL>(rows[4 * r + i] + off, lm);
         __m512i u[NV];
         if constexpr (LineShape<T>::four) {
-            // byte i of lane L holds columns 32L + 2i (low nibble) and 32L + 2i + 1: unpacking the nibbles gives
-            // two int8-like lines, columns 32L + 0..15 and 32L + 16..31
+            // byte p of the line holds columns 2p (low nibble) and 2p + 1 (high nibble): the masked nibbles are two
+            // int8-like lines, the even and the odd columns, interleaved as they are (putting them back in column
+            // order here took two more unpacks per row, a third of the loop's shuffles; the finish does it once)
             const __m512i nib = _mm512_set1_epi8(0x0F);
-            __m512i lo[4], hi[4];
+            __m512i even[4], odd[4];
             for (int i = 0; i < 4; ++i) {
-                const __m512i e = _mm512_and_si512(l[i], nib), o = _mm512_and_si512(_mm512_srli_epi16(l[i], 4), nib);
-                lo[i] = _mm512_unpacklo_epi8(e, o);
-                hi[i] = _mm512_unpackhi_epi8(e, o);
+                even[i] = _mm512_and_si512(l[i], nib);
+                odd[i] = _mm512_and_si512(_mm512_srli_epi16(l[i], 4), nib);
             }
-            interleave4(lo[0], lo[1], lo[2], lo[3], u);
-            interleave4(hi[0], hi[1], hi[2], hi[3], u + 4);
+            interleave4(even[0], even[1], even[2], even[3], u);
+            interleave4(odd[0], odd[1], odd[2], odd[3], u + 4);
         } else {
             interleave4(l[0], l[1], l[2], l[3], u);
         }
@@ -511,10 +512,16 @@ static void finish_group_q(const FcArgs& a, int64_t gi, float comp, const float*
         __m512 v[L::nv], nat[L::nv];
         for (int i = 0; i < L::nv; ++i)
             v[i] = _mm512_load_ps(f + t * L::cols + 16 * i);
-        if constexpr (L::four) {  // v[0..3]: columns 32L + 0..15 of the line, v[4..7]: 32L + 16..31
-            __m512 lo[4], hi[4];
-            untangle4(v, lo);
-            untangle4(v + 4, hi);
+        if constexpr (L::four) {
+            // v[k] lane L dword i: column 32L + 8k + 2i (even, k < 4) or 32L + 8(k - 4) + 2i + 1 (odd); pairing
+            // even and odd dwords gives lanes of 4 consecutive columns, p[2k] = 32L + 8k + 0..3, p[2k + 1] = + 4..7
+            __m512 p[8], lo[4], hi[4];
+            for (int k = 0; k < 4; ++k) {
+                p[2 * k] = _mm512_unpacklo_ps(v[k], v[k + 4]);
+                p[2 * k + 1] = _mm512_unpackhi_ps(v[k], v[k + 4]);
+            }
+            untangle4(p, lo);      // lo[L]: columns 32L + 0..15
+            untangle4(p + 4, hi);  // hi[L]: columns 32L + 16..31
             for (int i = 0; i < 4; ++i) {
                 nat[2 * i] = lo[i];
                 nat[2 * i + 1] = hi[i];
