@@ -35,3 +35,33 @@ def test_decode_ppl_refuses_a_fused_folder_without_its_artifact(tmp_path):
     assert r.returncode == 2
     assert "scap_calibration.json" in r.stderr and "incomplete" in r.stderr
     assert not out.exists()
+
+
+def test_row_read_probe_reads_what_it_reports(tmp_path):
+    """The scattered-row read probe (benchmarks/row_read.py) runs end to end on a tiny shape: every requested keep
+    fraction and prefetch strategy has a record, the kept bytes match the keep fraction, the full read is the
+    ratio's unit, and the JSON and PNG are written. (Its timings are benchmark output, not asserted.)"""
+    out = tmp_path / "rows.json"
+    r = run_benchmark("row_read.py", "--json", str(out), "--shapes", "64x256", "--keeps", "0.5",
+                      "--working-set-mib", "4", "--sweeps", "2")
+    assert r.returncode == 0, r.stderr
+    import json
+
+    records = json.loads(out.read_text())["records"]
+    assert {(rec["keep"], rec["prefetch"]) for rec in records} == {
+        (k, p) for k in (1.0, 0.5) for p in ("none", "ahead", "head")}
+    for rec in records:
+        assert rec["rows"] == 64 and rec["row_bytes"] == 256 and rec["us_per_call_best"] > 0
+        if rec["keep"] == 1.0:
+            assert rec["kept_bytes_per_call"] == 64 * 256 and rec["read_ratio_median"] == 1.0
+        else:  # a random half of 64 rows per matrix, averaged over the matrices
+            assert 0.3 * 64 * 256 < rec["kept_bytes_per_call"] < 0.7 * 64 * 256
+    assert out.with_suffix(".png").exists()
+
+
+def test_row_read_refuses_a_bad_shape(tmp_path):
+    out = tmp_path / "rows.json"
+    r = run_benchmark("row_read.py", "--json", str(out), "--shapes", "64x16")
+    assert r.returncode == 2
+    assert "ROW_BYTES >= 64" in r.stderr
+    assert not out.exists()
