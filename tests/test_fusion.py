@@ -47,9 +47,10 @@ def test_fused_equals_portable(core, fmt, per_channel):
 
 
 def test_fcs_calibrated_to_prune_nothing_keep_openvinos_fc(core, tmp_path):
-    """Threshold 0 with (almost) nothing pruned on the calibration tokens: the FC keeps its portable ops and
-    OpenVINO's FC, also through a saved portable IR; threshold 0 that did prune (exact zeros after a ReLU) is
-    fused; fuse_unpruned=True fuses them all. Outputs equal the portable IR's either way."""
+    """Threshold 0 with (almost) nothing pruned on the calibration tokens: the FC keeps OpenVINO's FC, reading
+    its centred input without the Abs / Greater / Select (they change nothing but NaN), also through a saved
+    portable IR; threshold 0 that did prune (exact zeros after a ReLU) is fused; fuse_unpruned=True fuses them
+    all. Outputs equal the portable IR's either way."""
     fmt = FORMATS[1]
     art = _artifact(_base(fmt))
     for entry in art.fcs:
@@ -63,7 +64,9 @@ def test_fcs_calibrated_to_prune_nothing_keep_openvinos_fc(core, tmp_path):
     assert count_fused(fused) == 14 - 8  # q, k, v, down of both blocks stay
     unfused = [n for n in fused.get_ordered_ops() if n.get_type_name() == "MatMul" and "lm_head" not in n.get_friendly_name()]
     assert len(unfused) == 8
-    assert all(n.input_value(0).get_node().get_type_name() == "Select" for n in unfused)  # pruning ops kept
+    assert all(n.input_value(0).get_node().get_type_name() == "Subtract" for n in unfused)  # x - m, no Select
+    assert not [n for n in fused.get_ordered_ops() if n.get_type_name() in ("Select", "Greater", "Abs")
+                and n.get_friendly_name().split("/scap/")[0] in {m.get_friendly_name() for m in unfused}]
     every = apply_fusion(apply_portable(_base(fmt), art), fuse_unpruned=True)
     assert count_fused(every) == 14
     x = np.random.default_rng(6).standard_normal((1, 3, 64)).astype(np.float32)

@@ -131,6 +131,15 @@ def _fuse(group: list[_Prepared], native: bool) -> None:
         p.match.last.output(0).replace(fused.get_node().output(i))
 
 
+def _drop_pruning(m: _Match) -> None:
+    """An FC calibrated to prune nothing (threshold 0): its Select keeps x - m wherever x - m is not 0, i.e. it
+    changes nothing but NaN, so the MatMul reads the centred input directly. Abs, Greater and Select were
+    3 of the 4-5 eltwise nodes such an FC ran per call in a decode step; with mode 0 OpenVINO also drops the
+    Subtract and the Add of the zero folded bias, leaving the dense layer."""
+    select = m.matmul.input_value(0).get_node()
+    m.matmul.input(0).replace_source_output(select.input_value(1))
+
+
 class FindSCAPPatterns(MatcherPass):
     """Record every portable SCAP pattern (+ folded-bias Add) in ``found``; the graph is left as is, so
     fuse_portable can group siblings before fusing."""
@@ -178,7 +187,8 @@ class FuseNNCFSparsifiedFullyConnected(MatcherPass):
 
 # Written to the fused model's rt_info; bump when pass B's output changes for the same portable IR, so caches of
 # fused folders (benchmarks/e2e.py) know to rebuild them from their artifacts.
-FUSION_VERSION = "3"  # 2: FCs calibrated to prune nothing keep OpenVINO's FC; 3: merged FCs are one multi-output op
+FUSION_VERSION = "4"  # 2: FCs calibrated to prune nothing keep OpenVINO's FC; 3: merged FCs are one multi-output op;
+# 4: FCs calibrated to prune nothing lose their Abs / Greater / Select
 
 
 def _scap_rt_info(model: ov.Model, key: str) -> str | None:
@@ -196,10 +206,10 @@ def unpruned_fcs(model: ov.Model) -> set[str]:
 
 def fuse_portable(model: ov.Model, native: bool = True, merge: bool = True, fuse_unpruned: bool = False) -> int:
     """Fuse every portable SCAP FC the op can take; with ``merge``, siblings (same input, mode, threshold,
-    weight format) share one op. FCs calibrated to prune nothing keep their portable ops (OpenVINO's own FC
-    runs them) unless ``fuse_unpruned``: they read every weight row anyway, and OpenVINO's FC does that faster
-    than the op (the op took 1.2-1.6x its time on SmolLM2's 576-wide layers at sparsity 0). Returns the
-    number of FCs fused."""
+    weight format) share one op. FCs calibrated to prune nothing stay OpenVINO's own FC unless ``fuse_unpruned``:
+    they read every weight row anyway, and OpenVINO's FC does that faster than the op (the op took 1.2-1.6x its
+    time on SmolLM2's 576-wide layers at sparsity 0); their Abs / Greater / Select are dropped (see
+    _drop_pruning). Returns the number of FCs fused."""
     skip = set() if fuse_unpruned else unpruned_fcs(model)
     found: list[_Match] = []
     manager = ov.passes.Manager()
@@ -208,6 +218,7 @@ def fuse_portable(model: ov.Model, native: bool = True, merge: bool = True, fuse
     groups: dict[object, list[_Prepared]] = {}
     for i, match in enumerate(found):
         if match.matmul.get_friendly_name() in skip:
+            _drop_pruning(match)
             continue
         prepared = _prepare(match)  # packs the weights: once per FC
         if prepared is not None:
