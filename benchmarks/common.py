@@ -38,6 +38,16 @@ def publish(path: Path, result: dict, plot, table) -> None:
     print(table(result))
 
 
+def publish_records(path: Path, meta: dict, records: list, started: float, plot, table) -> None:
+    """publish() a {"meta", "records"} result whose meta also carries what every run records: date, CPU, the
+    command line and the seconds since ``started`` (time.time())."""
+    import time
+
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), **meta,
+            "command": "python " + " ".join(sys.argv), "seconds": round(time.time() - started, 1)}
+    publish(path, {"meta": meta, "records": records}, plot, table)
+
+
 def result_parser(doc: str) -> argparse.ArgumentParser:
     """An argument parser with the options every result-writing benchmark has: --json OUT, --table JSON."""
     parser = argparse.ArgumentParser(description=doc.split("\n")[0])

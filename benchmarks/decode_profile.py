@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import cpu_name, parse_or_print_table, publish, result_parser  # first: offline settings, checkout on sys.path
+from common import parse_or_print_table, publish_records, result_parser  # first: offline settings, checkout on sys.path
 
 import openvino as ov
 
@@ -222,13 +222,10 @@ def main(argv=None) -> int:
     for variant in plan:
         log.info("profile %s %s s=%.2f", variant.model, variant.weight_format, variant.sparsity)
         records += profile(variant, args, e2e.prompt_ids(variant.model, variant.dense, args.prompt_tokens))
-    result = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "threads": os.cpu_count(),
-                       "openvino": ov.get_version(), "model": args.model, "prompt_tokens": args.prompt_tokens,
-                       "steps": args.steps, "inference_threads": args.threads or "default",
-                       "inference_precision": args.precision, "command": "python " + " ".join(sys.argv),
-                       "seconds": round(time.time() - started, 1)},
-              "records": records}
-    publish(args.json, result, plot, table)
+    publish_records(args.json, {"threads": os.cpu_count(), "openvino": ov.get_version(), "model": args.model,
+                                "prompt_tokens": args.prompt_tokens, "steps": args.steps,
+                                "inference_threads": args.threads or "default", "inference_precision": args.precision},
+                    records, started, plot, table)
     return 0
 
 

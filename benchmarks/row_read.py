@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import cpu_name, parse_or_print_table, publish, result_parser  # first: offline settings, checkout on sys.path
+from common import parse_or_print_table, publish_records, result_parser  # first: offline settings, checkout on sys.path
 
 SOURCE = Path(__file__).with_name("row_read.cpp")
 # (label, rows = input channels, row bytes = output channels x bytes per weight)
@@ -156,11 +156,8 @@ def main(argv=None) -> int:
                 records.append({"shape": label, **r})
                 print(f"{label:34s} keep {r['keep']:.2f} {r['prefetch']:5s}: {r['us_per_call_median']:8.1f} us/call "
                       f"(best {r['us_per_call_best']:.1f}), read ratio {r['read_ratio_median']:.2f}", flush=True)
-    result = {"meta": {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "cpu": cpu_name(), "threads": args.threads,
-                       "working_set_mib": args.working_set_mib, "sweeps": sweeps,
-                       "command": "python " + " ".join(sys.argv), "seconds": round(time.time() - started, 1)},
-              "records": records}
-    publish(args.json, result, plot, table)
+    publish_records(args.json, {"threads": args.threads, "working_set_mib": args.working_set_mib, "sweeps": sweeps},
+                    records, started, plot, table)
     return 0
 
 

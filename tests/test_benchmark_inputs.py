@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -59,9 +61,13 @@ def test_row_read_probe_reads_what_it_reports(tmp_path):
     assert out.with_suffix(".png").exists()
 
 
-def test_row_read_refuses_a_bad_shape(tmp_path):
-    out = tmp_path / "rows.json"
-    r = run_benchmark("row_read.py", "--json", str(out), "--shapes", "64x16")
+@pytest.mark.parametrize("script, args, message", [
+    ("row_read.py", ["--shapes", "64x16"], "ROW_BYTES >= 64"),
+    ("block_sparsity.py", ["--sparsity", "1.5"], "--sparsity must be in [0, 1)"),  # before loading the model
+], ids=["row_read-shape", "block_sparsity-budget"])
+def test_benchmark_refuses_a_bad_argument(tmp_path, script, args, message):
+    out = tmp_path / "result.json"
+    r = run_benchmark(script, "--json", str(out), *args)
     assert r.returncode == 2
-    assert "ROW_BYTES >= 64" in r.stderr
+    assert message in r.stderr
     assert not out.exists()
