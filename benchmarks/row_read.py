@@ -67,7 +67,7 @@ def run_shape(binary: Path, rows: int, row_bytes: int, keeps: list[float], threa
     if done.returncode != 0:
         raise SystemExit(f"row_read: probe failed: {done.stderr.strip()}")
     records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    full = {(r["prefetch"]): r for r in records if r["keep"] >= 1.0}
+    full = {r["prefetch"]: r for r in records if r["keep"] >= 1.0}
     for r in records:
         base = full[r["prefetch"]]
         r["read_ratio_best"] = round(r["us_per_call_best"] / base["us_per_call_best"], 3)

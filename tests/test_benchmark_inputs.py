@@ -1,6 +1,7 @@
 """Benchmarks refuse bad folders before any work, with a message naming the folder, and write no result."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -47,8 +48,6 @@ def test_row_read_probe_reads_what_it_reports(tmp_path):
     r = run_benchmark("row_read.py", "--json", str(out), "--shapes", "64x256", "--keeps", "0.5",
                       "--working-set-mib", "4", "--sweeps", "2")
     assert r.returncode == 0, r.stderr
-    import json
-
     records = json.loads(out.read_text())["records"]
     assert {(rec["keep"], rec["prefetch"]) for rec in records} == {
         (k, p) for k in (1.0, 0.5) for p in ("none", "ahead", "head")}
